@@ -227,3 +227,49 @@ def test_policy_loss_aggregations():
     assert tok.item() == pytest.approx(-6 / 4)  # (3 + 1 + 1 + 1) / 4 tokens
     assert seq.item() == pytest.approx(-(3 + 1) / 2)  # per-response means 3 and 1
     assert dr.item() == pytest.approx(-(3 / 4 + 3 / 4) / 2)  # sums 3 and 3, each / 4
+
+
+# --- properties over random batches (hypothesis) -----------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+rewards_st = st.lists(st.floats(-5, 5, allow_nan=False, width=32), min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(groups=st.lists(rewards_st, min_size=1, max_size=4).filter(lambda g: len({len(x) for x in g}) == 1 and len(g[0]) >= 2),
+       estimator=st.sampled_from(["rloo", "dr_grpo", "group_norm"]))
+def test_group_advantages_sum_to_zero_within_each_group(groups, estimator):
+    n = len(groups[0])
+    rewards = torch.tensor([r for g in groups for r in g])
+    adv, _ = compute_advantages(rewards, torch.ones(len(rewards), 1, dtype=torch.bool), estimator, n)
+    sums = adv[:, 0].reshape(-1, n).sum(-1)
+    assert torch.allclose(sums, torch.zeros_like(sums), atol=1e-3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 5), min_size=1, max_size=6), data=st.data())
+def test_reward_lands_once_on_the_last_real_token(lengths, data):
+    A = 5
+    mask = torch.tensor([[t < n for t in range(A)] for n in lengths])
+    rewards = torch.tensor(data.draw(st.lists(st.floats(-3, 3, allow_nan=False, width=32), min_size=len(lengths), max_size=len(lengths))))
+    per_token = token_rewards(rewards, mask)
+    for i, n in enumerate(lengths):
+        expected = rewards[i].item() if n else 0.0  # an empty response has nowhere to put its reward
+        assert per_token[i].sum().item() == pytest.approx(expected, abs=1e-6)
+        if n:
+            assert per_token[i, n - 1].item() == pytest.approx(rewards[i].item(), abs=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_real=st.integers(1, 40), ratio=st.floats(0.01, 1.0), seed=st.integers(0, 10_000))
+def test_high_entropy_mask_selects_ceil_ratio_of_distinct_entropies(n_real, ratio, seed):
+    g = torch.Generator().manual_seed(seed)
+    ent = torch.rand(1, 40, generator=g) + torch.arange(40) * 1e-3  # distinct values, no ties
+    mask = torch.zeros(1, 40, dtype=torch.bool)
+    mask[0, :n_real] = True
+    keep = high_entropy_loss_mask(ent, mask, ratio)
+    assert keep.sum().item() == max(1, math.ceil(ratio * n_real - 1e-9))
+    assert not (keep & ~mask).any()
+    assert ent[keep].min() >= ent[mask & ~keep].max() if (mask & ~keep).any() else True

@@ -227,7 +227,7 @@ def compute_advantages(
     penalty -> returns (reward to go, or GAE) -> advantages = returns for outcome estimators ->
     whitening for gae / reinforce / reinforce_baseline.
 
-    Example (REINFORCE++-baseline, 2 prompts x 2 samples):
+    Example (Dr. GRPO, 2 prompts x 2 samples):
         >>> mask = torch.ones(4, 2, dtype=torch.bool)
         >>> adv, ret = compute_advantages(torch.tensor([1.0, 0.0, 1.0, 1.0]), mask, "dr_grpo", 2)
         >>> adv[:, 0]
