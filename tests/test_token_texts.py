@@ -192,6 +192,7 @@ def test_sentencepiece_byte_fallback_and_leading_space():
         texts = token_texts(tok, ids)
         assert "".join(texts) == tok.decode(ids) == "Hello 🦄 world", name
         assert texts == prefix_oracle(tok, ids), name
+        assert token_texts(tok, ids, verify=False) == texts, name  # the model alone gets it right
         assert "🦄" in texts and texts[0] == "Hello"[: len(texts[0])], name
 
 
@@ -223,6 +224,7 @@ def test_hf_cleanup_of_spaces_is_realigned():
     assert cleaned != tok.decode(ids)  # the cleanup did change something
     texts = token_texts(tok, ids, decode_kwargs=kw)
     assert "".join(texts) == cleaned and len(texts) == len(ids)
+    assert token_texts(tok, ids, decode_kwargs=kw, verify=False) == texts  # cleanup: always decoded
     assert "😀" in texts  # the byte-fallback emoji still goes whole to the completing token
 
 
@@ -231,9 +233,10 @@ def test_unmodelled_decoder_is_still_lossless():
     tok.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.Replace("e", "E")])
     hf = PreTrainedTokenizerFast(tokenizer_object=tok)
     ids = hf.encode("the eel ate 😀 here")
-    texts = token_texts(hf, ids)
-    assert "".join(texts) == hf.decode(ids) == "thE EEl atE 😀 hErE"
-    assert "\ufffd" not in "".join(texts)
+    for verify in (True, False):  # an unmodelled decoder is decoded and realigned even unverified
+        texts = token_texts(hf, ids, verify=verify)
+        assert "".join(texts) == hf.decode(ids) == "thE EEl atE 😀 hErE"
+        assert "\ufffd" not in "".join(texts)
 
 
 def test_given_decoded_text_is_the_reference():
@@ -267,6 +270,7 @@ def test_property_encoded_text_matches_prefix_oracle(name, text, data):
     full = tok.decode(ids)
     assert "".join(texts) == full
     assert len(texts) == len(ids)
+    assert token_texts(tok, ids, verify=False) == texts
     if "\ufffd" not in full:
         assert texts == prefix_oracle(tok, ids)
         assert not any("\ufffd" in t for t in texts)
@@ -283,6 +287,8 @@ def test_property_random_ids_are_lossless(name, raw, skip, data):
     full = RAW[name].decode(ids, skip_special_tokens=skip)
     assert "".join(texts) == full
     assert len(texts) == len(ids)
+    # without the verifying decode, the modelled decoders must be exact on their own
+    assert token_texts(tok, ids, decode_kwargs=kw, verify=False) == texts
     if "\ufffd" not in full:
         assert not any("\ufffd" in t for t in texts)
         assert texts == prefix_oracle(tok, ids, **kw)

@@ -27,6 +27,7 @@ How this module does it, in linear time:
 from __future__ import annotations
 
 import codecs
+from codecs import utf_8_decode
 import json
 import re
 import threading
@@ -62,12 +63,55 @@ def _backend(tokenizer: Any) -> Any:
 
 
 def _decode_rows(tokenizer: Any, rows: list[list[int]], decode_kwargs: dict) -> list[str]:
-    """The reference texts: exactly the decode call a saver makes for `generated_text`."""
-    if hasattr(tokenizer, "backend_tokenizer") or not hasattr(tokenizer, "decode_batch"):
-        return [tokenizer.decode(row, **decode_kwargs) for row in rows]
-    # raw tokenizers.Tokenizer: its decode defaults to skip_special_tokens=True, ours to False
+    """The reference texts: exactly what `tokenizer.decode(row, **decode_kwargs)` returns."""
     skip = bool(decode_kwargs.get("skip_special_tokens", False))
-    return tokenizer.decode_batch(rows, skip_special_tokens=skip)
+    if not hasattr(tokenizer, "backend_tokenizer") and hasattr(tokenizer, "decode_batch"):
+        # raw tokenizers.Tokenizer: its decode defaults to skip_special_tokens=True, ours to False
+        return [tokenizer.decode(row, skip_special_tokens=skip) for row in rows]
+    cleanup = _hf_cleanup(tokenizer, decode_kwargs)
+    if cleanup is None:
+        return [tokenizer.decode(row, **decode_kwargs) for row in rows]
+    # transformers' decode of a fast tokenizer is the Rust decode plus an optional cleanup; its
+    # Python wrapping costs about 3x the Rust call, so do the same two steps directly.
+    backend = tokenizer.backend_tokenizer
+    texts = [backend.decode(row, skip_special_tokens=skip) for row in rows]
+    return [tokenizer.clean_up_tokenization(t) for t in texts] if cleanup else texts
+
+
+def _hf_cleanup(tokenizer: Any, decode_kwargs: dict) -> bool | None:
+    """Whether transformers' decode would clean up spaces; None if its decode is not the plain one."""
+    if not _plain_fast_decode(tokenizer) or not set(decode_kwargs) <= {"skip_special_tokens", "clean_up_tokenization_spaces"}:
+        return None
+    cleanup = decode_kwargs.get("clean_up_tokenization_spaces")
+    if cleanup is None:
+        cleanup = tokenizer.clean_up_tokenization_spaces
+    bpe_guard = type(tokenizer.backend_tokenizer.model).__name__ == "BPE" and not (
+        tokenizer.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output
+    )
+    return bool(cleanup) and not bpe_guard
+
+
+def _decode_is_modelled(tokenizer: Any, decode_kwargs: dict) -> bool:
+    """True when `decode` is the tokenizers decode itself, so the table predicts it exactly."""
+    if not hasattr(tokenizer, "backend_tokenizer"):
+        return hasattr(tokenizer, "decode_batch") and set(decode_kwargs) <= {"skip_special_tokens"}
+    return _hf_cleanup(tokenizer, decode_kwargs) is False
+
+
+def _plain_fast_decode(tokenizer: Any) -> bool:
+    """True when `tokenizer.decode` is transformers' own fast-tokenizer decode, not an override."""
+    try:
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+    except ImportError:  # another transformers layout: take the documented call
+        return False
+    cls = type(tokenizer)
+    return (
+        isinstance(tokenizer, TokenizersBackend)
+        and cls.decode is PreTrainedTokenizerBase.decode
+        and cls._decode is TokenizersBackend._decode
+        and hasattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")
+    )
 
 
 # ----------------------------------------------------------------------------- the id -> piece table
@@ -118,48 +162,62 @@ def _strip(s: str, content: str, start: int, stop: int) -> str:
 
 
 class _TokenTable:
-    """What the tokenizer's decoder makes of each token id on its own, built once per tokenizer.
+    """What the tokenizer's decoder makes of each token id on its own, filled lazily per id seen.
 
     kind "bytes":  ByteLevel decoder; `piece[i]` is the token's raw bytes, decoded across tokens.
     kind "text":   per-token decoders (Metaspace, Replace, ByteFallback, WordPiece, Strip, none);
                    `piece[i]` is the token's text, or a 1-byte `bytes` for a byte-fallback token.
-    kind "generic": anything else; `piece[i]` is `decode([i])`, then realigned to the row's text.
+    kind "generic": anything else (or a slow tokenizer); a token's text is its own `decode([i])`,
+                   realigned to the row's decoded text.
     `whole[i]` is the token's text when it stands alone in any row (None where it can split a char).
+    Ids the decoder drops (unknown ids) are in `absent`; special-token ids are in `special`.
     """
 
     def __init__(self, tokenizer: Any, backend: Any):
         self.tokenizer, self.backend = tokenizer, backend
-        self.first_cache: dict[int, str] = {}
+        self.first_cache: dict[int, Any] = {}
+        self.generic_cache: dict[int, str] = {}
         self.fuse_strip: tuple[str, int, int] | None = None  # Strip after Fuse: acts on the whole text
         self.stages: list[dict] = []
         self.kind = "generic"
+        self.piece: list[Any] = []
+        self.whole: list[str | None] = []
+        self.unfilled: set[int] = set()  # ids below len(piece) whose entry is not computed yet
+        self.absent: set[int] = set()
         if backend is not None:
             decoder = backend.decoder
-            spec = json.loads(decoder.__getstate__()) if decoder is not None else None
-            self.kind = self._plan(spec)
-            vocab = backend.get_vocab(with_added_tokens=True)
-            size = max(vocab.values(), default=-1) + 1
-            tokens: list[str | None] = [None] * size
-            for tok, i in vocab.items():
-                tokens[i] = tok
+            self.kind = self._plan(json.loads(decoder.__getstate__()) if decoder is not None else None)
             added = backend.get_added_tokens_decoder()
-            for i, at in added.items():  # the added vocabulary wins in decode, as in tokenizers
-                if i < size:
-                    tokens[i] = at.content
-            special_contents = {at.content for at in added.values() if at.special}
-            self.special = {i for i, t in enumerate(tokens) if t is not None and t in special_contents}
-        else:  # slow tokenizer: ids it knows are those below its length
-            size = len(tokenizer)
-            tokens = [None] * size
-            self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        self.tokens = tokens
-        self.absent = {i for i, t in enumerate(tokens) if t is None} if backend is not None else set()
-        self.generic_cache: dict[int, str] = {}
-        if self.kind == "generic":  # decoded lazily, one call per id ever seen
-            self.piece, self.whole = [""] * size, [None] * size
+            self.special_contents = {at.content for at in added.values() if at.special}
+            # in decode, tokenizers skips a token whose *content* is special, whatever its id
+            self.special = {i for i, at in added.items() if at.special}
+            self._grow(backend.get_vocab_size(with_added_tokens=True))
         else:
-            self.piece = [self._piece(i, t, first=False) for i, t in enumerate(tokens)]
-            self.whole = [self._whole(p) for p in self.piece]
+            self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
+
+    def _grow(self, size: int) -> None:
+        old = len(self.piece)
+        if size > old:
+            self.piece.extend([None] * (size - old))
+            self.whole.extend([None] * (size - old))
+            self.unfilled.update(range(old, size))
+
+    def ensure(self, ids: list[int]) -> None:
+        """Compute the entries of the ids of this row that were never seen (a set lookup per id)."""
+        top = max(ids)
+        if top >= len(self.piece):
+            self._grow(top + 1)
+        if self.unfilled:
+            missing = self.unfilled.intersection(ids)
+            for i in missing:
+                token = self.backend.id_to_token(i)
+                if token is None:
+                    self.absent.add(i)
+                elif token in self.special_contents:
+                    self.special.add(i)
+                self.piece[i] = p = self._piece(i, token, first=False)
+                self.whole[i] = self._whole(p)
+            self.unfilled -= missing
 
     # -- which decoder we model
     def _plan(self, spec: dict | None) -> str:
@@ -243,7 +301,7 @@ class _TokenTable:
         """The piece of the row's first token (Metaspace, WordPiece and no-decoder treat it apart)."""
         p = self.first_cache.get(i)
         if p is None:
-            p = self.first_cache[i] = self._piece(i, self.tokens[i], first=True)
+            p = self.first_cache[i] = self._piece(i, self.backend.id_to_token(i), first=True)
         return p
 
 
@@ -291,14 +349,21 @@ def _split_bytes(pieces: list[bytes]) -> list[str] | None:
     """Characters of the concatenated bytes, each given to the token holding its last byte.
 
     Returns None when the bytes are not valid UTF-8 (the caller decides what invalid means).
+    `codecs.utf_8_decode(..., final=False)` is the C routine behind the incremental decoder: it
+    decodes what is complete and reports how many bytes it used, leaving a cut-off char for later.
     """
-    decode = codecs.getincrementaldecoder("utf-8")("strict").decode
+    texts = []
+    pending = b""
     try:
-        texts = [decode(p) for p in pieces]  # a char is emitted by the call that completes it
-        decode(b"", True)  # raises on a character cut off at the end
+        for p in pieces:
+            if pending:
+                p = pending + p
+            text, used = utf_8_decode(p, "strict", False)
+            texts.append(text)
+            pending = p[used:]
     except UnicodeDecodeError:
         return None
-    return texts
+    return None if pending else texts
 
 
 def _split_bytes_lossy(pieces: list[bytes]) -> list[str]:
@@ -322,24 +387,6 @@ def _split_bytes_lossy(pieces: list[bytes]) -> list[str]:
         out[tok].append(ch)
         pos = end
     return ["".join(x) for x in out]
-
-
-def _split_byte_runs(pieces: list[Any]) -> list[str]:
-    """ByteFallback semantics: a run of consecutive byte tokens decodes as one UTF-8 string,
-    or, when the run is not valid UTF-8, every byte token of it becomes one U+FFFD."""
-    out: list[str] = []
-    run: list[bytes] = []
-    for p in pieces + [""]:  # the sentinel "" flushes the last run
-        if isinstance(p, bytes):
-            run.append(p)
-            continue
-        if run:
-            texts = _split_bytes(run)
-            out.extend(texts if texts is not None else ["\ufffd"] * len(run))
-            run = []
-        out.append(p)
-    out.pop()
-    return out
 
 
 # ----------------------------------------------------------------------------- realignment
@@ -423,13 +470,8 @@ def _model_texts(table: _TokenTable, ids: list[int]) -> list[str]:
         return [table.generic_piece(i) for i in ids]
     whole = table.whole
     texts = [whole[i] for i in ids]
-    if None in texts:  # some token's bytes can split a character: cut the row's bytes by chars
-        pieces = table.piece
-        if table.kind == "bytes":
-            row = [pieces[i] for i in ids]
-            texts = _split_bytes(row) or _split_bytes_lossy(row)
-        else:
-            texts = _split_byte_runs([pieces[i] for i in ids])
+    if None in texts:
+        _fill_byte_runs(table, ids, texts)
     if table.kind == "text" and ids:
         first = table.first_piece(ids[0])
         if isinstance(first, str):
@@ -437,6 +479,31 @@ def _model_texts(table: _TokenTable, ids: list[int]) -> list[str]:
         if table.fuse_strip is not None:
             texts = _strip_fused(texts, *table.fuse_strip)
     return texts
+
+
+def _fill_byte_runs(table: _TokenTable, ids: list[int], texts: list) -> None:
+    """Fill the None texts: tokens whose bytes can split a character, in runs of neighbours.
+
+    A token that is valid UTF-8 alone starts and ends on character boundaries, so a split character
+    never reaches past a run of None tokens: each run is decoded on its own, in place.
+    ByteLevel: invalid bytes become U+FFFD as `String::from_utf8_lossy` does. ByteFallback (kind
+    "text", where None marks <0xNN> tokens): a run that is not valid UTF-8 gives U+FFFD per token.
+    """
+    pieces, n, k = table.piece, len(texts), 0
+    while True:
+        try:
+            a = texts.index(None, k)
+        except ValueError:
+            return
+        b = a + 1
+        while b < n and texts[b] is None:
+            b += 1
+        run = [pieces[i] for i in ids[a:b]]
+        out = _split_bytes(run)
+        if out is None:
+            out = _split_bytes_lossy(run) if table.kind == "bytes" else ["\ufffd"] * (b - a)
+        texts[a:b] = out
+        k = b
 
 
 def _strip_fused(texts: list[str], content: str, start: int, stop: int) -> list[str]:
@@ -463,22 +530,24 @@ def _strip_fused(texts: list[str], content: str, start: int, stop: int) -> list[
     return texts
 
 
-def _row_texts(table: _TokenTable, ids: list[int], decoded: str, skip_special: bool) -> list[str]:
+def _row_texts(table: _TokenTable, ids: list[int], decoded: str | None, skip_special: bool) -> list[str]:
+    """One row. `decoded` is the reference text, or None to trust the model (exact decoders only)."""
     if not ids:
         return []
-    size = len(table.piece)
+    if table.kind != "generic":
+        table.ensure(ids)
     dropped = None
-    if max(ids) >= size or (table.absent and not table.absent.isdisjoint(ids)) or (
+    if (table.absent and not table.absent.isdisjoint(ids)) or (
         skip_special and table.special and not table.special.isdisjoint(ids)
     ):
         # Ids the decoder never sees (unknown ids; special tokens when skipped) carry "".
-        gone = table.absent | (table.special if skip_special else set())
-        dropped = [i >= size or i in gone for i in ids]
+        gone = table.absent | table.special if skip_special else table.absent
+        dropped = [i in gone for i in ids]
         kept = [i for i, d in zip(ids, dropped) if not d]
     else:
         kept = ids
     texts = _model_texts(table, kept)
-    if table.kind == "generic" or "".join(texts) != decoded:
+    if decoded is not None and (table.kind == "generic" or "".join(texts) != decoded):
         texts = _align(texts, decoded) if texts else []
     if dropped is not None:
         it = iter(texts)
@@ -496,6 +565,7 @@ def token_texts(
     ids: Sequence[int] | Any,
     decoded: str | None = None,
     decode_kwargs: dict | None = None,
+    verify: bool = True,
 ) -> list[str]:
     """Per-token texts of `ids` that join to exactly the decoded text (FORMAT.md "Token texts").
 
@@ -509,6 +579,10 @@ def token_texts(
             (also for raw `tokenizers.Tokenizer`, whose own default is True). With
             `skip_special_tokens=True` special tokens carry "". Any `clean_up_tokenization_spaces`
             is honoured too: the texts are re-cut from the decoded text when it differs.
+        verify: decode the row and check (default). False skips that decode where the tokenizer's
+            decoder is one this module models exactly (ByteLevel, SentencePiece-style
+            Metaspace/Replace/ByteFallback/Fuse/Strip, WordPiece) and `decode` is transformers' own
+            without cleanup; other tokenizers are still decoded. Ignored when `decoded` is given.
 
     Returns:
         one string per id. A character split over several tokens belongs to the token holding its
@@ -521,7 +595,8 @@ def token_texts(
         >>> "".join(texts) == tokenizer.decode([15496, 995, 12520, 234, 232])
         True
     """
-    return token_texts_batch(tokenizer, [ids], None if decoded is None else [decoded], decode_kwargs)[0]
+    rows = [ids]
+    return token_texts_batch(tokenizer, rows, None if decoded is None else [decoded], decode_kwargs, verify)[0]
 
 
 def token_texts_batch(
@@ -529,10 +604,10 @@ def token_texts_batch(
     rows: Iterable[Sequence[int] | Any],
     decoded: Sequence[str] | None = None,
     decode_kwargs: dict | None = None,
+    verify: bool = True,
 ) -> list[list[str]]:
     """`token_texts` over many rows (a list of 1-D ids, or a 2-D numpy array / tensor with no padding
-    to strip). One table lookup per tokenizer; raw `tokenizers.Tokenizer`s decode the batch in
-    parallel. `decoded`, when given, holds one decoded text per row.
+    to strip), sharing one table lookup. `decoded`, when given, holds one decoded text per row.
 
     Example:
         >>> rows = [[15496, 995], [12520, 234, 232]]
@@ -544,12 +619,15 @@ def token_texts_batch(
     if hasattr(rows, "tolist"):  # a 2-D array or tensor: one conversion for the whole batch
         rows = rows.tolist()
     id_rows = [_as_id_list(r) for r in rows]
-    if decoded is None:
-        decoded = _decode_rows(tokenizer, id_rows, kwargs) if id_rows else []
-    elif len(decoded) != len(id_rows):
+    if decoded is not None and len(decoded) != len(id_rows):
         raise ValueError(f"got {len(decoded)} decoded texts for {len(id_rows)} rows")
     if not id_rows:
         return []
     table = _table_for(tokenizer)
+    if decoded is None:
+        if verify or table.kind == "generic" or not _decode_is_modelled(tokenizer, kwargs):
+            decoded = _decode_rows(tokenizer, id_rows, kwargs)
+        else:
+            decoded = [None] * len(id_rows)
     skip = bool(kwargs.get("skip_special_tokens", False))
     return [_row_texts(table, r, d, skip) for r, d in zip(id_rows, decoded)]
