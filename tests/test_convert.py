@@ -324,6 +324,10 @@ def test_unknown_sources_and_options_say_what_is_expected(tmp_path, tokenizer):
     (tmp_path / "trace" / "summary.json").write_text('{"format_version": 2, "tokenizer": "/nowhere"}')
     with pytest.raises(ConvertError, match="pass --tokenizer"):
         convert(tmp_path / "trace", tmp_path / "out")
+    # Ours, naming a hub model: never downloaded unless the user passes it.
+    (tmp_path / "trace" / "summary.json").write_text('{"format_version": 1, "tokenizer": "Org/Model-7B"}')
+    with pytest.raises(ConvertError, match="summary.json names 'Org/Model-7B', which is not a local path"):
+        convert(tmp_path / "trace", tmp_path / "out")
     convert(tmp_path / "trace", tmp_path / "out", tokenizer=tokenizer)
     with pytest.raises(ConvertError, match="--overwrite"):
         convert(tmp_path / "trace", tmp_path / "out", tokenizer=tokenizer)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,25 +103,25 @@ def load_tokenizer(path: str | Path):
         raise ConvertError(f"{path}: cannot load a tokenizer: {error}") from error
 
 
-def _summary_tokenizer(src: Path) -> str | None:
-    """The tokenizer path recorded in our own summary.json, when SRC is ours and it exists here."""
-    import json
+def _summary_tokenizer(src: Path) -> tuple[str | None, str | None]:
+    """(usable path, name) of the tokenizer our own summary.json records for SRC.
 
-    for folder in (src, src.parent):
-        path = folder / "summary.json"
-        if path.is_file():
-            try:
-                summary = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, ValueError):
-                return None
-            if not isinstance(summary, dict) or summary.get("format_version") != 1:
-                return None  # another trainer's summary (format_version 2): not ours to trust
-            for key in ("tokenizer", "tokenizer_path", "pretrain", "model"):
-                value = summary.get(key)
-                if isinstance(value, str) and Path(value).exists():
-                    return value
-            return None
-    return None
+    Only a format_version 1 summary (ours) is trusted: other trainers' (format_version 2) carry
+    other fields. The path is usable when it exists here; a hub name is returned as `name` only,
+    so that nothing is downloaded unless the user passes it with --tokenizer."""
+    folder = src.parent if src.name == "steps" else src
+    path = folder / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None, None
+    if not isinstance(summary, dict) or summary.get("format_version") != 1:
+        return None, None
+    for key in ("tokenizer", "model"):
+        value = summary.get(key)
+        if isinstance(value, str) and value:
+            return (value if Path(value).exists() else None), value
+    return None, None
 
 
 # ----------------------------------------------------------------------------- writing
@@ -193,11 +194,12 @@ def convert(
     tokenizer_path = None
     if kind == "npz":
         if tokenizer is None:
-            tokenizer = _summary_tokenizer(src)
+            tokenizer, named = _summary_tokenizer(src)
             if tokenizer is None:
+                hint = f" (summary.json names {named!r}, which is not a local path here)" if named else ""
                 raise ConvertError(
                     f"{src}: an npz trace holds token ids; pass --tokenizer PATH (the model's "
-                    "tokenizer folder or tokenizer.json) to decode them"
+                    f"tokenizer folder, tokenizer.json or hub name) to decode them{hint}"
                 )
         if isinstance(tokenizer, (str, Path)):
             tokenizer_path = str(tokenizer)

@@ -46,8 +46,8 @@ class NpzStep:
     global_step: int
     entropies: np.ndarray  # (R, L) float32 entropy in nats; NaN/inf where the trace has no value
     response_mask: np.ndarray  # (R, L) bool, True on real response tokens
-    responses: np.ndarray  # (R, L) int64 token ids
-    response_index: np.ndarray  # (R,) int64 index of the response in the step's rollout batch
+    responses: np.ndarray  # (R, L) integer token ids, dtype as stored (int32 in the layout)
+    response_index: np.ndarray  # (R,) integer index of the response in the step's rollout batch
     extra: dict = field(default_factory=dict)  # name -> (R,) or (R, L) optional arrays
 
     @property
@@ -154,8 +154,8 @@ def read_npz_step(path: Path, global_step: int) -> NpzStep:
         global_step=global_step,
         entropies=entropies.astype(np.float32),
         response_mask=mask,
-        responses=responses.astype(np.int64),
-        response_index=index.astype(np.int64),
+        responses=responses,  # kept as stored: .tolist() gives Python ints either way
+        response_index=index,
         extra=extra,
     )
 
