@@ -4,7 +4,6 @@ Round trips check the converted files against what the core computes directly fr
 arrays (token_texts for the texts, high_entropy_mask over all responses of the step for the
 marks). The tokenizer is a small byte-level BPE built here with `tokenizers`: nothing downloaded.
 """
-import argparse
 import json
 import math
 import zipfile
@@ -17,9 +16,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openrlhf_ext.trajectory import TrajectorySaver, high_entropy_mask, load_trajectories, token_texts
-from openrlhf_ext.trajectory.convert import ConvertError, add_parser, convert, load_tokenizer
+from openrlhf_ext.trajectory.cli import main as cli_main
+from openrlhf_ext.trajectory.convert import ConvertError, convert, load_tokenizer
 from openrlhf_ext.trajectory.convert_jsonl import word_chunks
 from tests.conftest import make_byte_level_tokenizer, make_experience
+
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
@@ -338,10 +339,8 @@ def test_unknown_sources_and_options_say_what_is_expected(tmp_path, tokenizer):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="openrlhf-traj")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    # The real console script's entry point (openrlhf-traj), with its subcommand registration.
+    return cli_main(argv)
 
 
 def test_cli_converts_and_reports_errors(tmp_path, tokenizer, tokenizer_dir, capsys):

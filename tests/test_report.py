@@ -4,7 +4,6 @@ The browser tests open the report from disk in Debian's chromium (Playwright for
 real viewer file, and check that hostile token texts are shown as text and that no script of
 theirs runs. They skip, saying why, only when chromium or the viewer file is absent.
 """
-import argparse
 import base64
 import gzip
 import json
@@ -17,11 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from openrlhf_ext.trajectory.cli import main as cli_main
 from openrlhf_ext.trajectory import report as report_mod
 from openrlhf_ext.trajectory.report import (
     LargeReportWarning,
     ReportError,
-    add_parser,
     build_report,
     find_viewer_html,
     parse_steps,
@@ -199,10 +198,8 @@ def test_missing_viewer_says_where_it_looked(tmp_path, monkeypatch):
 
 
 def _cli(argv):
-    parser = argparse.ArgumentParser(prog="openrlhf-traj")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    # The real console script's entry point (openrlhf-traj), with its subcommand registration.
+    return cli_main(argv)
 
 
 def test_cli_writes_atomically_and_warns_when_large(tmp_path, stand_in, capsys, monkeypatch):
