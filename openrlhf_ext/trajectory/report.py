@@ -110,7 +110,7 @@ def find_viewer_html(explicit: str | os.PathLike | None = None) -> tuple[str, st
     if repo_path.is_file():
         return repo_path.read_text(encoding="utf-8"), str(repo_path)
     try:
-        asset = resources.files("openrlhf_ext").joinpath("assets", VIEWER_FILE_NAME)
+        asset = resources.files("openrlhf_ext").joinpath("assets").joinpath(VIEWER_FILE_NAME)
         looked.append(str(asset))
         if asset.is_file():
             return asset.read_text(encoding="utf-8"), str(asset)
@@ -125,13 +125,14 @@ def find_viewer_html(explicit: str | os.PathLike | None = None) -> tuple[str, st
 
 def _split_for_hook(html: str) -> tuple[str, str]:
     # The viewer reads the hook when its script runs, so the data must come before that script:
-    # at the end of <head> (a JSON script element is valid there), else before the first <script>.
+    # at the end of <head> (a JSON script element is valid there), or before the first <script>
+    # when that comes earlier.
     lower = html.lower()
-    for marker in ("</head>", "<script"):
-        index = lower.find(marker)
-        if index >= 0:
-            return html[:index], html[index:]
-    return html, ""
+    places = [i for i in (lower.find("</head>"), lower.find("<script")) if i >= 0]
+    if not places:
+        return html, ""
+    index = min(places)
+    return html[:index], html[index:]
 
 
 # ----------------------------------------------------------------------------- embedding
