@@ -227,6 +227,16 @@ def test_jsonl_rollouts_become_unmarked_text_records(tmp_path):
     assert [(m["global_step"], m["num_responses"], m["reward_mean"]) for m in manifest] == [(2, 2, 0.5), (10, 1, None)]
 
 
+def test_docstring_examples():
+    import doctest
+
+    from openrlhf_ext.trajectory import convert as convert_mod
+    from openrlhf_ext.trajectory import convert_jsonl, convert_npz
+
+    for module in (convert_mod, convert_npz, convert_jsonl):
+        assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0, module.__name__
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list(" \t\n\r\u2028ab.😀数\x00")), max_size=30))
 def test_word_chunks_join_back_and_hold_at_most_one_word(text):

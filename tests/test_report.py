@@ -7,6 +7,7 @@ theirs runs. They skip, saying why, only when chromium or the viewer file is abs
 import base64
 import gzip
 import json
+import os
 import re
 import shutil
 import warnings
@@ -106,6 +107,12 @@ def stand_in(tmp_path):
 
 
 # ----------------------------------------------------------------------------- pure logic
+
+def test_docstring_examples():
+    import doctest
+
+    assert doctest.testmod(report_mod, optionflags=doctest.ELLIPSIS).failed == 0
+
 
 def test_parse_steps_ranges_and_errors():
     assert parse_steps("1,5,10-12") == {1, 5, 10, 11, 12}
@@ -223,19 +230,26 @@ def test_cli_writes_atomically_and_warns_when_large(tmp_path, stand_in, capsys, 
 
 # ----------------------------------------------------------------------------- in a real browser
 
+def _skip_or_fail(reason: str):
+    # CI sets OPENRLHF_EXT_REQUIRE_BROWSER=1: there a missing browser or viewer is a failure.
+    if os.environ.get("OPENRLHF_EXT_REQUIRE_BROWSER"):
+        pytest.fail(reason + " (OPENRLHF_EXT_REQUIRE_BROWSER is set)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def real_viewer():
     try:
         find_viewer_html()
     except ReportError as error:
-        pytest.skip(f"the real viewer file is absent (viewer/render_trajectories.html): {error}")
+        _skip_or_fail(f"the real viewer file is absent (viewer/render_trajectories.html): {error}")
 
 
 @pytest.fixture(scope="module")
 def browser(real_viewer):
     exe = shutil.which("chromium")
     if not exe:
-        pytest.skip("Debian's chromium is not on PATH (apt-get install -y chromium)")
+        _skip_or_fail("Debian's chromium is not on PATH (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
