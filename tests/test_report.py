@@ -311,3 +311,27 @@ def test_other_tools_file_opens_in_a_report(tmp_path, browser):
         assert records[0]["pure_generated_text"].split("\n")[0] in page.inner_text("section.pane").replace("\n", "")
     finally:
         page.context.close()
+
+
+def test_converted_rollouts_open_cleanly_in_a_report(tmp_path, browser):
+    """convert -> report: the converted files, manifest and summary load with no problem."""
+    from openrlhf_ext.trajectory.convert import convert
+
+    src = tmp_path / "rollouts"
+    src.mkdir()
+    rows = [{"input": f"Q{i}: 2+2? ", "output": f"It is 4. </script><!-- {i}", "score": i % 2, "step": s}
+            for s in (1, 2) for i in range(3)]
+    for s in (1, 2):
+        (src / f"{s}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] == s))
+    convert(src, tmp_path / "run")
+    out = tmp_path / "report.html"
+    info = write_report([tmp_path / "run"], out, gzip_data=True)
+    assert info["files"] == ["trajectories_step_1.json", "trajectories_step_2.json", "manifest.jsonl", "summary.json"]
+    page, events = open_report(browser, out)
+    try:
+        assert events["errors"] == [] and page.evaluate("window.__viewer.state.problems") == []
+        assert page.evaluate("window.__viewer.state.stepOrder") == [1, 2]
+        assert page.evaluate("window.__viewer.state.manifest.size") == 2
+        assert "It is 4. </script><!-- 0" in page.inner_text("section.pane")
+    finally:
+        page.context.close()
