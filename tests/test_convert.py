@@ -4,6 +4,7 @@ Round trips check the converted files against what the core computes directly fr
 arrays (token_texts for the texts, high_entropy_mask over all responses of the step for the
 marks). The tokenizer is a small byte-level BPE built here with `tokenizers`: nothing downloaded.
 """
+import io
 import json
 import math
 import zipfile
@@ -282,7 +283,16 @@ def _broken_cases():
         (folder / "steps" / "step_000002.npz").write_text("hello")
         return r"step_000002\.npz: not a readable npz file"
 
-    return [missing_key, truncated, shapes, out_of_vocab, float_ids, not_zip]
+    def huge_header(folder, a):
+        # A header that declares terabytes in a file of a few bytes: refused before allocating.
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f2", "fortran_order": False, "shape": (10**7, 10**6)})
+        with zipfile.ZipFile(folder / "steps" / "step_000002.npz", "w") as z:
+            for key in ("entropies", "response_mask", "responses", "response_index"):
+                z.writestr(key + ".npy", header.getvalue() + b"\0" * 64)
+        return r"step_000002\.npz: array 'entropies' declares \d+\.\d GiB, more than this machine's"
+
+    return [missing_key, truncated, shapes, out_of_vocab, float_ids, not_zip, huge_header]
 
 
 @pytest.mark.parametrize("breaker", _broken_cases(), ids=lambda f: f.__name__)

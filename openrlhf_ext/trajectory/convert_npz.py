@@ -17,6 +17,7 @@ warning rather than unpickled from a file that may be hostile.
 """
 from __future__ import annotations
 
+import os
 import re
 import warnings
 import zipfile
@@ -74,12 +75,45 @@ def find_npz_steps(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _declared_bytes(npz, key: str) -> int | None:
+    """Bytes the array `key` will take once read, from its .npy header, without reading the data."""
+    try:
+        with npz.zip.open(key + ".npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                return None
+    except Exception:  # a broken header is reported by the real read that follows
+        return None
+    return int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+
+
 def _read_key(npz, key: str, path: Path) -> np.ndarray | None:
+    # A hostile or corrupt header can declare an array far larger than the file: refuse it before
+    # numpy tries to allocate it.
+    declared, memory = _declared_bytes(npz, key), _memory_bytes()
+    if declared is not None and memory is not None and declared > memory:
+        raise ConvertError(
+            f"{path}: array {key!r} declares {declared / 2**30:.1f} GiB, more than this machine's "
+            f"{memory / 2**30:.1f} GiB of memory; the file is corrupt or not a step of a trace"
+        )
     try:
         return np.asarray(npz[key])
     except ValueError as error:  # object arrays need pickle, which we never allow
         warnings.warn(f"{path}: skipping array {key!r}: {error}", stacklevel=3)
         return None
+    except MemoryError as error:
+        raise ConvertError(f"{path}: array {key!r} does not fit in memory: {error}") from error
     except (zipfile.BadZipFile, OSError, EOFError, KeyError) as error:
         raise ConvertError(f"{path}: cannot read array {key!r}: {error}") from error
 
