@@ -44,8 +44,14 @@ def viewer(page):
     def load(*paths, selector="#file-input", wait=True):
         page.set_input_files(selector, [str(p) for p in paths])
         if wait:
-            page.wait_for_function("window.__viewer.timings.loadEnd > (window.__lastLoad || 0)")
-            page.evaluate("window.__lastLoad = window.__viewer.timings.loadEnd")
+            # Polled from here: wait_for_function would eval() a string, which the page's CSP forbids.
+            for _ in range(600):
+                if page.evaluate("() => window.__viewer.timings.loadEnd > (window.__lastLoad || 0)"):
+                    break
+                page.wait_for_timeout(25)
+            else:
+                raise TimeoutError("the viewer did not finish loading")
+            page.evaluate("() => { window.__lastLoad = window.__viewer.timings.loadEnd; }")
     page.load = load
     yield page
     assert page.errors == [], page.errors     # no uncaught exception in the page, whatever the test did
