@@ -44,7 +44,11 @@ def test_entropy_range_dims_tokens_outside(viewer, tmp_path):
     viewer.fill("#emax", "2")
     dimmed = viewer.eval_on_selector_all(".pane .tok", "els => els.map(e => e.classList.contains('dim'))")
     assert dimmed == [not (0.5 <= e <= 2) for e in ents]
-    assert viewer.eval_on_selector(".pane .tok.dim", "e => +getComputedStyle(e).opacity") < 0.5
+    # Dimmed: faded text, no mark or heat colour behind it.
+    i = dimmed.index(True)
+    style = lambda k: viewer.eval_on_selector(f".pane .tok >> nth={k}", "e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
+    j = dimmed.index(False)
+    assert style(i)[0] != style(j)[0] and style(i)[1] == "rgba(0, 0, 0, 0)"
     viewer.fill("#emin", "")
     viewer.fill("#emax", "")
     assert viewer.locator(".pane .tok.dim").count() == 0
