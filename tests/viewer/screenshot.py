@@ -1,6 +1,6 @@
 """Takes docs/viewer.png: the main view on a realistic run (several steps, GRPO groups).
 
-    python tests/viewer/screenshot.py [--dark] [--out docs/viewer.png]
+    python tests/viewer/screenshot.py [--dark] [--heatmap] [--out docs/viewer.png]
 
 Not a test: the README's picture. The responses are written math reasoning, tokenised by a rough
 word-piece regex; forking words ("Wait", "So", "Alternatively", ...) get high entropy.
@@ -64,6 +64,7 @@ def step_records(step, rnd):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dark", action="store_true")
+    ap.add_argument("--heatmap", action="store_true", help="Heatmap mode, one response")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[2] / "docs" / "viewer.png"))
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
@@ -78,8 +79,11 @@ def main():
         page.goto(viewer.as_uri() + "#step=30&traj=1")
         page.set_input_files("#file-input", [str(f) for f in files])
         page.wait_for_selector(".pane .tok")
-        page.check("[data-toggle=compare]")
-        page.hover(".pane >> nth=1 >> .tok.hi >> nth=0")
+        if a.heatmap:
+            page.click("[data-mode=heatmap]")
+        else:
+            page.check("[data-toggle=compare]")
+        page.hover(".pane >> nth=" + ("0" if a.heatmap else "1") + " >> .tok.hi >> nth=0")
         page.wait_for_timeout(300)
         page.screenshot(path=a.out)
         b.close()
