@@ -19,8 +19,8 @@ def browser():
     exe = shutil.which("chromium")
     if not exe:
         pytest.skip("Debian's chromium is not on PATH (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
+    from playwright.sync_api import sync_playwright   # a test dependency: missing it is an error, not a skip
+    with sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         yield b
         b.close()

@@ -188,3 +188,41 @@ def test_drag_and_drop(viewer, tmp_path):
     }""", data)
     viewer.wait_for_selector(".pane .tok")
     assert "step 6 · trajectory #0" in viewer.inner_text(".pane .title")
+
+
+def big_step(step=4, n=24, tokens=2200):
+    """A file over the viewer's progressive-reading size (4 M characters), with awkward texts."""
+    awkward = ['"', "\\", "]", "}", ",", '\\"', "[{", " \"quoted\"", "\n"]
+    recs = []
+    for r in range(n):
+        resp = [(awkward[i % len(awkward)] if i % 7 == 0 else f" w{i}", (i * 37 % 100) / 33) for i in range(tokens)]
+        recs.append(make_record(step, r, ["Q", ":", " [1, 2]"], resp, group_index=r // 4, reward=float(r % 2),
+                                info={"nested": [[1, 2], {"a": "]"}]}))
+    mark_step(recs)
+    recs[3]["pure_generated_tokens"][5]["entropy_score"] = float("nan")
+    return recs
+
+
+def test_big_file_is_read_progressively_and_completely(viewer, tmp_path):
+    recs = big_step()
+    path = tmp_path / "trajectories_step_4.json"
+    path.write_text(json.dumps(recs))                     # with a NaN literal, as Python writes it
+    assert path.stat().st_size > 4_000_000
+    viewer.load(path)
+    assert viewer.inner_text("#list-count") == "24 of 24"
+    (cls, text), = problems(viewer)
+    assert cls == "notice" and "1 NaN/Infinity literal(s)" in text
+    viewer.click("#list .vrow.traj[data-traj='3']")
+    texts = viewer.eval_on_selector_all(".pane .resp-block .tok", "els => els.slice(0, 15).map(e => e.textContent)")
+    assert texts == [t["text"] for t in recs[3]["pure_generated_tokens"][:15]]
+    assert "nested [[1,2],{\"a\":\"]\"}]" in viewer.inner_text(".pane .meta")
+
+
+def test_big_truncated_file_reports_and_leaves_nothing_half_loaded(viewer, tmp_path):
+    good = write_json(tmp_path / "trajectories_step_1.json", math_step(1))
+    path = tmp_path / "trajectories_step_4.json"
+    path.write_text(json.dumps(big_step())[:4_500_000])
+    viewer.load(good, path)
+    msgs = dict((t.split(":")[0], (c, t)) for c, t in problems(viewer))
+    assert msgs["trajectories_step_4.json"][0] == "error" and "looks truncated" in msgs["trajectories_step_4.json"][1]
+    assert viewer.eval_on_selector_all("#steps li", "els => els.map(e => e.textContent)") == ["step 16 traj"]
