@@ -169,6 +169,7 @@ class _TokenTable:
                    `piece[i]` is the token's text, or a 1-byte `bytes` for a byte-fallback token.
     kind "generic": anything else (or a slow tokenizer); a token's text is its own `decode([i])`,
                    realigned to the row's decoded text.
+    `piece[i]` is None for an id not seen yet; `lookup` fills it on first sight (no full-vocab pass).
     `whole[i]` is the token's text when it stands alone in any row (None where it can split a char).
     Ids the decoder drops (unknown ids) are in `absent`; special-token ids are in `special`.
     """
@@ -182,42 +183,53 @@ class _TokenTable:
         self.kind = "generic"
         self.piece: list[Any] = []
         self.whole: list[str | None] = []
-        self.unfilled: set[int] = set()  # ids below len(piece) whose entry is not computed yet
         self.absent: set[int] = set()
         if backend is not None:
             decoder = backend.decoder
             self.kind = self._plan(json.loads(decoder.__getstate__()) if decoder is not None else None)
             added = backend.get_added_tokens_decoder()
             self.special_contents = {at.content for at in added.values() if at.special}
-            # in decode, tokenizers skips a token whose *content* is special, whatever its id
             self.special = {i for i, at in added.items() if at.special}
             self._grow(backend.get_vocab_size(with_added_tokens=True))
         else:
             self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
 
     def _grow(self, size: int) -> None:
-        old = len(self.piece)
-        if size > old:
-            self.piece.extend([None] * (size - old))
-            self.whole.extend([None] * (size - old))
-            self.unfilled.update(range(old, size))
+        if size > len(self.piece):  # None in `piece`: an id never seen yet
+            self.piece.extend([None] * (size - len(self.piece)))
+            self.whole.extend([None] * (size - len(self.whole)))
 
-    def ensure(self, ids: list[int]) -> None:
-        """Compute the entries of the ids of this row that were never seen (a set lookup per id)."""
-        top = max(ids)
-        if top >= len(self.piece):
-            self._grow(top + 1)
-        if self.unfilled:
-            missing = self.unfilled.intersection(ids)
-            for i in missing:
-                token = self.backend.id_to_token(i)
-                if token is None:
-                    self.absent.add(i)
-                elif token in self.special_contents:
-                    self.special.add(i)
-                self.piece[i] = p = self._piece(i, token, first=False)
-                self.whole[i] = self._whole(p)
-            self.unfilled -= missing
+    def fill(self, i: int) -> None:
+        """Compute the entry of an id seen for the first time."""
+        token = self.backend.id_to_token(i)
+        if token is None:
+            self.absent.add(i)  # decode drops ids it does not know
+        elif token in self.special_contents:
+            self.special.add(i)  # decode skips a token whose *content* is special, whatever its id
+        self.piece[i] = p = self._piece(i, token, first=False)
+        self.whole[i] = self._whole(p)
+
+    def lookup(self, ids: list[int]) -> list[str | None]:
+        """`whole` of each id (None where a token can split a character), filling unseen ids."""
+        whole = self.whole
+        try:
+            texts = [whole[i] for i in ids]
+        except IndexError:  # an id beyond the vocabulary (a model's padded vocab): grow, it is absent
+            self._grow(max(ids) + 1)
+            texts = [whole[i] for i in ids]
+        if None in texts:
+            piece, k = self.piece, 0
+            while True:
+                try:
+                    k = texts.index(None, k)
+                except ValueError:
+                    break
+                i = ids[k]
+                if piece[i] is None:
+                    self.fill(i)
+                texts[k] = whole[i]  # an id repeated in the row was looked up before its fill
+                k += 1
+        return texts
 
     # -- which decoder we model
     def _plan(self, spec: dict | None) -> str:
@@ -250,7 +262,7 @@ class _TokenTable:
     # -- one token's piece
     def _piece(self, i: int, token: str | None, first: bool) -> Any:
         if token is None:
-            return "" if self.kind != "bytes" else b""
+            return b""  # an empty run member: dropped by decode, so it must not break a byte run
         if self.kind == "bytes":
             return _byte_level_piece(token)
         s = token
@@ -464,12 +476,9 @@ def _align(texts: list[str], decoded: str) -> list[str]:
 # ----------------------------------------------------------------------------- one row
 
 
-def _model_texts(table: _TokenTable, ids: list[int]) -> list[str]:
-    """The per-token texts the decoder gives, modelled from the table (verified by the caller)."""
-    if table.kind == "generic":
-        return [table.generic_piece(i) for i in ids]
-    whole = table.whole
-    texts = [whole[i] for i in ids]
+def _model_texts(table: _TokenTable, ids: list[int], texts: list[str | None]) -> list[str]:
+    """The per-token texts the decoder gives, modelled from the table (verified by the caller).
+    `texts` is `table.lookup(ids)`; it is completed in place."""
     if None in texts:
         _fill_byte_runs(table, ids, texts)
     if table.kind == "text" and ids:
@@ -501,7 +510,7 @@ def _fill_byte_runs(table: _TokenTable, ids: list[int], texts: list) -> None:
         run = [pieces[i] for i in ids[a:b]]
         out = _split_bytes(run)
         if out is None:
-            out = _split_bytes_lossy(run) if table.kind == "bytes" else ["\ufffd"] * (b - a)
+            out = _split_bytes_lossy(run) if table.kind == "bytes" else ["\ufffd" if p else "" for p in run]
         texts[a:b] = out
         k = b
 
@@ -534,8 +543,10 @@ def _row_texts(table: _TokenTable, ids: list[int], decoded: str | None, skip_spe
     """One row. `decoded` is the reference text, or None to trust the model (exact decoders only)."""
     if not ids:
         return []
-    if table.kind != "generic":
-        table.ensure(ids)
+    if table.kind == "generic":  # per-id decodes, re-cut along the row's decoded text
+        gone = table.special if skip_special else ()
+        return _align(["" if i in gone else table.generic_piece(i) for i in ids], decoded)
+    looked = table.lookup(ids)
     dropped = None
     if (table.absent and not table.absent.isdisjoint(ids)) or (
         skip_special and table.special and not table.special.isdisjoint(ids)
@@ -543,16 +554,15 @@ def _row_texts(table: _TokenTable, ids: list[int], decoded: str | None, skip_spe
         # Ids the decoder never sees (unknown ids; special tokens when skipped) carry "".
         gone = table.absent | table.special if skip_special else table.absent
         dropped = [i in gone for i in ids]
-        kept = [i for i, d in zip(ids, dropped) if not d]
-    else:
-        kept = ids
-    texts = _model_texts(table, kept)
-    if decoded is not None and (table.kind == "generic" or "".join(texts) != decoded):
+        ids = [i for i, d in zip(ids, dropped) if not d]
+        looked = [t for t, d in zip(looked, dropped) if not d]
+    texts = _model_texts(table, ids, looked) if ids else []
+    if decoded is not None and "".join(texts) != decoded:
         texts = _align(texts, decoded) if texts else []
     if dropped is not None:
         it = iter(texts)
         texts = ["" if d else next(it) for d in dropped]
-        if not kept and decoded:  # nothing kept, yet text came out: give it to the last token
+        if not ids and decoded:  # nothing kept, yet text came out: give it to the last token
             texts[-1] = decoded
     return texts
 
