@@ -98,7 +98,9 @@ class TokenTable:
     """
 
     def __init__(self, tokenizer: Any, backend: Any):
-        self.tokenizer, self.backend = tokenizer, backend
+        # weak references: the cache below must not keep a tokenizer alive
+        self._tokenizer_ref = weakref.ref(tokenizer)
+        self._backend_ref = weakref.ref(backend) if backend is not None else None
         self.first_cache: dict[int, Any] = {}
         self.generic_cache: dict[int, str] = {}
         self.fuse_strip: tuple[str, int, int] | None = None  # Strip after Fuse: acts on the whole text
@@ -116,6 +118,14 @@ class TokenTable:
             self._grow(backend.get_vocab_size(with_added_tokens=True))
         else:
             self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer_ref()
+
+    @property
+    def backend(self) -> Any:
+        return self._backend_ref() if self._backend_ref is not None else None
 
     def _grow(self, size: int) -> None:
         if size > len(self.piece):  # None in `piece`: an id never seen yet
@@ -256,10 +266,8 @@ def table_for(tokenizer: Any) -> TokenTable:
     with _TABLES_LOCK:
         hit = _TABLES.get(id(owner))
         if hit is not None and hit[0]() is owner and hit[1] == key:
-            table = hit[2]
-            if table.tokenizer is tokenizer or backend is not None:
-                return table
-    table = TokenTable(tokenizer, backend)
+            return hit[2]
+    table = TokenTable(owner if backend is None else tokenizer, backend)
     with _TABLES_LOCK:
         for k in [k for k, v in _TABLES.items() if v[0]() is None]:
             del _TABLES[k]  # forget tokenizers that were garbage-collected
