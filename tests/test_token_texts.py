@@ -90,6 +90,32 @@ HF = {name: PreTrainedTokenizerFast(tokenizer_object=tok) for name, tok in RAW.i
 BPE = HF["byte_bpe"]
 
 
+def _model_classes() -> dict:
+    """transformers' own Qwen2 / Llama / Gemma tokenizer classes, built from vocabs trained here:
+    their decoders, pre-tokenizers and special tokens are configured exactly as for the real models."""
+    from transformers import GemmaTokenizer, LlamaTokenizer, Qwen2Tokenizer
+
+    bl = json.loads(RAW["byte_bpe"].to_str())["model"]
+    qwen = Qwen2Tokenizer(vocab=bl["vocab"], merges=[tuple(m) for m in bl["merges"]])
+    sp = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace()
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    sp.train_from_iterator(
+        CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens, show_progress=False)
+    )
+    m = json.loads(sp.to_str())["model"]
+    # CJK/emoji only through byte fallback, as for rare characters in a real SentencePiece vocab
+    vocab = {t: i for t, i in m["vocab"].items() if not any(ord(c) > 0x2FFF and c != "▁" for c in t)}
+    merges = [tuple(mg) for mg in m["merges"] if all(x in vocab for x in mg) and "".join(mg) in vocab]
+    llama = LlamaTokenizer(vocab=vocab, merges=merges)
+    gemma_vocab = dict(vocab, **{t: len(vocab) + k for k, t in enumerate(["<pad>", "<eos>", "<bos>", "<mask>"])})
+    gemma = GemmaTokenizer(vocab=gemma_vocab, merges=merges)
+    return {"qwen2": qwen, "llama": llama, "gemma": gemma}
+
+
+MODEL_CLASSES = _model_classes()
+
+
 def prefix_oracle(tokenizer, ids, **kw):
     """Quadratic reference: token j owns the chars that decode(ids[:j+1]) adds to the common prefix
     with the full text. Right when the full text has no U+FFFD (a cut-off char decodes to U+FFFD,
@@ -301,6 +327,21 @@ def test_property_random_ids_are_lossless(name, raw, skip, data):
     assert token_texts(tok, ids, decode_kwargs=kw, verify=False) == texts
     if "\ufffd" not in full:
         assert not any("\ufffd" in t for t in texts)
+        assert texts == prefix_oracle(tok, ids, **kw)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(MODEL_CLASSES)), skip=st.booleans(), text=TEXT, data=st.data())
+def test_property_transformers_model_tokenizers(name, skip, text, data):
+    tok = MODEL_CLASSES[name]
+    kw = {"skip_special_tokens": skip}
+    noise = data.draw(st.lists(st.integers(0, len(tok) + 2), max_size=8))
+    ids = tok.encode(text) + noise  # real text (with BOS where the class adds one) then any ids
+    texts = token_texts(tok, ids, decode_kwargs=kw)
+    full = tok.decode(ids, **kw)
+    assert "".join(texts) == full and len(texts) == len(ids)
+    assert token_texts(tok, ids, decode_kwargs=kw, verify=False) == texts
+    if "\ufffd" not in full:
         assert texts == prefix_oracle(tok, ids, **kw)
 
 
