@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from openrlhf_ext.trajectory.texts import _align, token_texts, token_texts_batch
+from openrlhf_ext.trajectory.texts_table import table_for
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -274,6 +275,32 @@ def test_unmodelled_decoder_is_still_lossless():
         assert "\ufffd" not in "".join(texts)
 
 
+def test_decode_override_is_always_decoded():
+    class ShoutyTokenizer(PreTrainedTokenizerFast):
+        def decode(self, token_ids, **kwargs):
+            return super().decode(token_ids, **kwargs).upper()
+
+    tok = ShoutyTokenizer(tokenizer_object=Tokenizer.from_str(RAW["byte_bpe"].to_str()))
+    ids = tok.encode("we are done 😀")
+    for verify in ("auto", False):
+        texts = token_texts(tok, ids, verify=verify)
+        assert "".join(texts) == "WE ARE DONE 😀" and len(texts) == len(ids)
+
+
+def test_auto_mode_falls_back_to_verifying_when_the_model_is_wrong():
+    # a table that mispredicts decode (as an unforeseen decoder variant would) must fail the
+    # calibration, so that the default mode decodes every row instead of trusting it
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(RAW["byte_bpe"].to_str()))
+    ids = tok.encode("a cat sat on a mat")
+    table = table_for(tok)
+    table.lookup(list(range(len(tok))))  # fill every entry, then break the letters
+    for i in range(len(tok)):
+        if table.whole[i] and table.whole[i].isalpha():
+            table.whole[i] = table.whole[i].upper()
+    assert "".join(token_texts(tok, ids, verify=False)) != tok.decode(ids)  # the model is wrong
+    assert "".join(token_texts(tok, ids)) == tok.decode(ids) == "a cat sat on a mat"
+
+
 def test_given_decoded_text_is_the_reference():
     ids = BPE.encode("a b c")
     texts = token_texts(BPE, ids, decoded="a  b c")  # e.g. a saver that post-processed the text
@@ -301,11 +328,11 @@ def test_property_encoded_text_matches_prefix_oracle(name, text, data):
     lo = data.draw(st.integers(0, len(ids)))
     hi = data.draw(st.integers(lo, len(ids)))
     ids = ids[lo:hi]
-    texts = token_texts(tok, ids)
+    texts = token_texts(tok, ids, verify=True)
     full = tok.decode(ids)
     assert "".join(texts) == full
     assert len(texts) == len(ids)
-    assert token_texts(tok, ids, verify=False) == texts
+    assert token_texts(tok, ids) == token_texts(tok, ids, verify=False) == texts
     if "\ufffd" not in full:
         assert texts == prefix_oracle(tok, ids)
         assert not any("\ufffd" in t for t in texts)
@@ -319,12 +346,13 @@ def test_property_random_ids_are_lossless(name, raw, skip, data):
     # a few ids past the vocabulary too: models pad their vocab, and decode drops unknown ids
     ids = data.draw(st.lists(st.integers(0, size + 2), max_size=30))
     kw = {"skip_special_tokens": skip}
-    texts = token_texts(tok, ids, decode_kwargs=kw)
+    texts = token_texts(tok, ids, decode_kwargs=kw, verify=True)
     full = RAW[name].decode(ids, skip_special_tokens=skip)
     assert "".join(texts) == full
     assert len(texts) == len(ids)
     # without the verifying decode, the modelled decoders must be exact on their own
     assert token_texts(tok, ids, decode_kwargs=kw, verify=False) == texts
+    assert token_texts(tok, ids, decode_kwargs=kw) == texts
     if "\ufffd" not in full:
         assert not any("\ufffd" in t for t in texts)
         assert texts == prefix_oracle(tok, ids, **kw)
@@ -337,10 +365,11 @@ def test_property_transformers_model_tokenizers(name, skip, text, data):
     kw = {"skip_special_tokens": skip}
     noise = data.draw(st.lists(st.integers(0, len(tok) + 2), max_size=8))
     ids = tok.encode(text) + noise  # real text (with BOS where the class adds one) then any ids
-    texts = token_texts(tok, ids, decode_kwargs=kw)
+    texts = token_texts(tok, ids, decode_kwargs=kw, verify=True)
     full = tok.decode(ids, **kw)
     assert "".join(texts) == full and len(texts) == len(ids)
     assert token_texts(tok, ids, decode_kwargs=kw, verify=False) == texts
+    assert token_texts(tok, ids, decode_kwargs=kw) == texts
     if "\ufffd" not in full:
         assert texts == prefix_oracle(tok, ids, **kw)
 

@@ -109,6 +109,7 @@ class TokenTable:
         self.piece: list[Any] = []
         self.whole: list[str | None] = []
         self.absent: set[int] = set()
+        self.calibrated: dict[bool, bool] = {}  # skip_special_tokens -> model matched decode
         if backend is not None:
             decoder = backend.decoder
             self.kind = self._plan(json.loads(decoder.__getstate__()) if decoder is not None else None)
