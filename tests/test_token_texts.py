@@ -76,7 +76,8 @@ def _wordpiece() -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator(
-        CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[UNK]", "[CLS]", "[SEP]"], show_progress=False)
+        CORPUS,
+        trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[UNK]", "[CLS]", "[SEP]"], show_progress=False),
     )
     return tok
 
@@ -102,7 +103,8 @@ def _model_classes() -> dict:
     sp.pre_tokenizer = pre_tokenizers.Metaspace()
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
     sp.train_from_iterator(
-        CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens, show_progress=False)
+        CORPUS,
+        trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens, show_progress=False),
     )
     m = json.loads(sp.to_str())["model"]
     # CJK/emoji only through byte fallback, as for rare characters in a real SentencePiece vocab
@@ -315,7 +317,7 @@ def test_align_gives_replaced_chars_to_the_last_replaced_token():
 
 # ----------------------------------------------------------------------------- properties
 
-PIECES = list("abcxyz 0123456789+-=^().\n") + list("我们学数答案中文") + ["😀", "🎉", "🚀", "👍🏽", "é", "∑", " the"]
+PIECES = [*"abcxyz 0123456789+-=^().\n", *"我们学数答案中文", "😀", "🎉", "🚀", "👍🏽", "é", "∑", " the"]
 TEXT = st.lists(st.sampled_from(PIECES), max_size=30).map("".join)
 
 

@@ -67,7 +67,8 @@ def _decode_rows(tokenizer: Any, rows: list[list[int]], decode_kwargs: dict) -> 
 
 def _hf_cleanup(tokenizer: Any, decode_kwargs: dict) -> bool | None:
     """Whether transformers' decode would clean up spaces; None if its decode is not the plain one."""
-    if not _plain_fast_decode(tokenizer) or not set(decode_kwargs) <= {"skip_special_tokens", "clean_up_tokenization_spaces"}:
+    known = {"skip_special_tokens", "clean_up_tokenization_spaces"}
+    if not _plain_fast_decode(tokenizer) or not set(decode_kwargs) <= known:
         return None
     cleanup = decode_kwargs.get("clean_up_tokenization_spaces")
     if cleanup is None:
@@ -100,6 +101,7 @@ def _plain_fast_decode(tokenizer: Any) -> bool:
         and hasattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output")
     )
 
+
 # ----------------------------------------------------------------------------- realignment
 
 _WINDOW = 24  # how far (in chars, both sides together) the aligner looks to resynchronise
@@ -112,8 +114,10 @@ def _align(texts: list[str], decoded: str) -> list[str]:
     Walks both strings; equal chars keep their token. At a difference it looks for the cheapest
     skip on either side after which `_ANCHOR` chars agree again; the decoded chars of the gap go to
     the token of the last model char replaced (the token holding the "last byte"), or, for a pure
-    insertion, to the token before (at the very start: the token of the next model char). Linear when differences are local (stripped or cleaned-up
-    spaces, a quirk at the first token); always lossless, because it only cuts `decoded`.
+    insertion, to the token before (at the very start: the token of the next model char).
+    Linear when differences are local (stripped or cleaned-up spaces, a quirk at the first token);
+    always lossless, because it only cuts `decoded`. With no resync in reach, the rest of
+    `decoded` is spread over the remaining tokens in proportion.
     """
     n = len(texts)
     if n == 0:
@@ -170,6 +174,7 @@ def _align(texts: list[str], decoded: str) -> list[str]:
         acc += counts[j]
         cut[j] = acc
     return [decoded[a:b] for a, b in zip([0] + cut[:-1], cut)]
+
 
 # ----------------------------------------------------------------------------- one row
 
@@ -247,6 +252,7 @@ def token_texts(
             matched `decode` on a seeded calibration batch of random ids for this tokenizer (so an
             unexpected decoder variant falls back to verifying), else as True. Unmodelled decoders,
             cleanup and `decode` overrides are always decoded. Unused when `decoded` is given.
+
     Returns:
         one string per id. A character split over several tokens belongs to the token holding its
         last byte; tokens that complete no character carry "". No U+FFFD unless `decoded` has one.
@@ -259,8 +265,8 @@ def token_texts(
         ['Hi', ' �', '�', '�']
         >>> token_texts(tokenizer, ids, decoded=text)   # the saver: align to the text it writes
     """
-    rows = [ids]
-    return token_texts_batch(tokenizer, rows, None if decoded is None else [decoded], decode_kwargs, verify)[0]
+    texts = None if decoded is None else [decoded]
+    return token_texts_batch(tokenizer, [ids], texts, decode_kwargs, verify)[0]
 
 
 def token_texts_batch(
@@ -287,9 +293,11 @@ def token_texts_batch(
         raise ValueError(f"got {len(decoded)} decoded texts for {len(id_rows)} rows")
     if not id_rows:
         return []
+    if verify not in (True, False, "auto"):
+        raise ValueError(f'verify must be True, False or "auto", got {verify!r}')
     table = table_for(tokenizer)
+    skip = bool(kwargs.get("skip_special_tokens", False))
     if decoded is None:
-        skip = bool(kwargs.get("skip_special_tokens", False))
         if (
             verify is True
             or table.kind == "generic"
@@ -299,5 +307,4 @@ def token_texts_batch(
             decoded = _decode_rows(tokenizer, id_rows, kwargs)
         else:
             decoded = [None] * len(id_rows)
-    skip = bool(kwargs.get("skip_special_tokens", False))
     return [_row_texts(table, r, d, skip) for r, d in zip(id_rows, decoded)]
