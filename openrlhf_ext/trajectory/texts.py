@@ -111,8 +111,9 @@ _ANCHOR = 8  # how many equal chars count as back in sync
 def _align(texts: list[str], decoded: str) -> list[str]:
     """Re-cut `decoded` along the token boundaries of `texts`, which are close but not equal.
 
-    Walks both strings; equal chars keep their token. At a difference it looks for the cheapest
-    skip on either side after which `_ANCHOR` chars agree again; the decoded chars of the gap go to
+    When they differ only in whitespace, non-space chars keep their token (`_align_spaces`).
+    Otherwise it walks both strings; equal chars keep their token. At a difference it looks for
+    the cheapest skip on either side after which `_ANCHOR` chars agree; the decoded chars of the gap go to
     the token of the last model char replaced (the token holding the "last byte"), or, for a pure
     insertion, to the token before (at the very start: the token of the next model char).
     Linear when differences are local (stripped or cleaned-up spaces, a quirk at the first token);
@@ -124,8 +125,42 @@ def _align(texts: list[str], decoded: str) -> list[str]:
         return []
     model = "".join(texts)
     owner = [j for j, t in enumerate(texts) for _ in range(len(t))]
+    counts = _align_spaces(model, owner, decoded, n)
+    if counts is None:
+        counts = _align_resync(model, owner, decoded, n)
+    cut, acc = [0] * n, 0  # cut[j]: how many decoded chars tokens 0..j own
+    for j in range(n):
+        acc += counts[j]
+        cut[j] = acc
+    return [decoded[a:b] for a, b in zip([0] + cut[:-1], cut)]
+
+
+def _align_spaces(model: str, owner: list[int], decoded: str, n: int) -> list[int] | None:
+    """Per-token char counts when `model` and `decoded` differ only in whitespace (decoders that
+    add, move or clean up spaces), else None. A space only in `decoded` goes to the token of the
+    next non-space model char (the leading-space convention of GPT-2 and SentencePiece)."""
+    counts = [0] * n
+    la, i = len(model), 0
+    for c in decoded:
+        if i < la and model[i] == c:
+            counts[owner[i]] += 1
+            i += 1
+            continue
+        while i < la and model[i].isspace():  # a model space that decode dropped
+            i += 1
+        if i < la and model[i] == c:
+            counts[owner[i]] += 1
+            i += 1
+        elif c.isspace():
+            counts[owner[i] if i < la else n - 1] += 1
+        else:
+            return None
+    return counts if model[i:].isspace() or i >= la else None
+
+
+def _align_resync(model: str, owner: list[int], decoded: str, n: int) -> list[int]:
+    """Per-token char counts by a two-pointer walk that resynchronises after any difference."""
     la, ld = len(model), len(decoded)
-    cut = [0] * n  # cut[j]: how many decoded chars tokens 0..j own, built from per-char owners
     counts = [0] * n
     i = k = 0
     last = 0  # owner of the last model char consumed
@@ -169,11 +204,7 @@ def _align(texts: list[str], decoded: str) -> list[str]:
         counts[last] += dd
         i += da
         k += dd
-    acc = 0
-    for j in range(n):
-        acc += counts[j]
-        cut[j] = acc
-    return [decoded[a:b] for a, b in zip([0] + cut[:-1], cut)]
+    return counts
 
 
 # ----------------------------------------------------------------------------- one row
