@@ -313,6 +313,8 @@ def test_align_gives_replaced_chars_to_the_last_replaced_token():
     assert _align(["a", "\ufffd", "\ufffd", "b"], "a😀b") == ["a", "", "😀", "b"]
     assert _align([" x", " .", " y"], " x. y") == [" x", ".", " y"]
     assert _align(["", ""], "zz") == ["", "zz"]
+    # spaces only in the decoded text (a decoder adding word separators) go to the next word
+    assert _align(["Let", "x", "="], "Let x =") == ["Let", " x", " ="]
 
 
 # ----------------------------------------------------------------------------- properties
