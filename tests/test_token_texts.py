@@ -207,6 +207,7 @@ def test_numpy_torch_tuple_and_list_agree():
     assert token_texts(BPE, tuple(ids)) == want
     assert token_texts(BPE, np.array(ids, dtype=np.int32)) == want
     assert token_texts(BPE, torch.tensor(ids)) == want
+    assert token_texts(BPE, list(np.array(ids))) == want  # a list of numpy scalars
     assert token_texts_batch(BPE, torch.tensor([ids, ids])) == [want, want]
     with pytest.raises(ValueError):
         token_texts(BPE, torch.tensor([ids]))

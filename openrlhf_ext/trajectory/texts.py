@@ -44,6 +44,8 @@ def _as_id_list(ids: Any) -> list[int]:
             raise ValueError(f"token_texts expects 1-D ids, got shape {tuple(ids.shape)}")
         ids = ids.tolist()
     ids = list(ids)
+    if ids and type(ids[0]) is not int:  # e.g. a list of numpy scalars: Rust decode wants ints
+        ids = [int(i) for i in ids]
     if ids and min(ids) < 0:
         raise ValueError(f"token ids must be non-negative, got {min(ids)}")
     return ids
