@@ -24,7 +24,7 @@ setup(
         "transformers>=4.46",
         "tokenizers>=0.20",
         "jinja2>=3.1",
-        "orjson>=3.9",
+        "orjson>=3.8",
         "tqdm>=4.66",
     ],
     extras_require={
