@@ -1,8 +1,10 @@
 """Browser fixtures for the viewer tests: one Chromium per session, a fresh page per test.
 
 Debian's `chromium` is driven by Playwright for Python (Playwright's own browser download does not
-work offline). The tests skip only when no `chromium` is on PATH; CI installs it with apt.
+work offline). The tests skip only when no `chromium` is on PATH, and fail instead when
+OPENRLHF_EXT_REQUIRE_BROWSER=1 (set by .ci/run, which installs it with apt).
 """
+import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +20,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 def browser():
     exe = shutil.which("chromium")
     if not exe:
+        # CI (.ci/run) installs chromium and sets this: there a missing browser is a failure.
+        if os.environ.get("OPENRLHF_EXT_REQUIRE_BROWSER") == "1":
+            pytest.fail("OPENRLHF_EXT_REQUIRE_BROWSER=1 but chromium is not on PATH")
         pytest.skip("Debian's chromium is not on PATH (apt-get install -y chromium)")
     from playwright.sync_api import sync_playwright   # a test dependency: missing it is an error, not a skip
     with sync_playwright() as p:
