@@ -134,6 +134,11 @@ def test_keyboard_navigation_and_hash_restore(viewer, tmp_path):
     assert "trajectory #2" in viewer.inner_text(".pane .title")
     viewer.keyboard.press("k")
     assert "trajectory #1" in viewer.inner_text(".pane .title")
+    box = viewer.locator("#charts svg >> nth=0").bounding_box()       # a click on a chart picks that step
+    viewer.mouse.click(box["x"] + box["width"] - 3, box["y"] + box["height"] / 2)
+    assert "step 10 · trajectory #0" in viewer.inner_text(".pane .title")
+    viewer.keyboard.press("p")
+    assert "step 2 · trajectory #0" in viewer.inner_text(".pane .title")
     viewer.keyboard.press("n")
     assert "step 10 · trajectory #0" in viewer.inner_text(".pane .title")
     viewer.keyboard.press("j")
