@@ -266,7 +266,13 @@ def open_report(browser, path: Path):
     page.on("dialog", lambda d: (events["dialogs"].append(d.message), d.dismiss()))
     page.on("request", lambda r: events["requests"].append(r.url))
     page.goto(path.as_uri())
-    page.wait_for_function("window.__viewer && window.__viewer.timings.loadEnd > 0")
+    # Polled from here: wait_for_function would eval() a string, which the viewer's CSP forbids.
+    for _ in range(400):
+        if page.evaluate("() => !!(window.__viewer && window.__viewer.timings.loadEnd > 0)"):
+            break
+        page.wait_for_timeout(25)
+    else:
+        raise TimeoutError(f"the viewer in {path} did not finish loading its embedded data")
     page.wait_for_timeout(200)  # let anything a hostile text might have scheduled run
     return page, events
 
