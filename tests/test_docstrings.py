@@ -4,7 +4,8 @@ import importlib
 
 import pytest
 
-MODULES = ["entropy", "marks", "sampling", "stats", "files", "schema", "args", "saver", "records"]
+MODULES = ["entropy", "marks", "sampling", "stats", "files", "schema", "args", "saver", "records",
+           "report", "convert", "convert_npz", "convert_jsonl"]
 
 
 @pytest.mark.parametrize("name", MODULES)
