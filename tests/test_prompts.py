@@ -27,7 +27,7 @@ def test_builtin_prompts_are_seeded_sums():
     for p in a:
         x, y = p["prompt"].rstrip("=").split("+")
         assert p["prompt"].endswith("=") and int(x) + int(y) == int(p["label"])
-    assert len({p["prompt"] for p in builtin_prompts(500, seed=0)}) > 400  # varied, not one problem
+    assert len({p["prompt"] for p in builtin_prompts(500, seed=0)}) > 250  # varied: most of the 400 sums appear
 
 
 def test_builtin_set_when_no_prompt_data():
