@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """RL headroom of the embedded model: a plain-torch GRPO loop against the frozen model, same samples.
 
-    python benchmarks/bench_embedded_rl.py                         # 20 steps, 16 prompts x 4, lr 1e-4
-    python benchmarks/bench_embedded_rl.py --steps 40 --prompts 8 --lr 5e-5
+    python benchmarks/bench_embedded_rl.py                         # 20 steps, 16 prompts x 4, lr 5e-5, 4 updates
+    python benchmarks/bench_embedded_rl.py --steps 40 --prompts 8 --lr 1e-4 --updates 1
 
 Not the trainer (no Ray, DeepSpeed or vLLM): it checks that the shipped model and this package's
 reward / advantage / loss functions leave RL something to learn, and how fast a step is at its
@@ -71,12 +71,17 @@ def run(args, learn: bool) -> dict:
 
         with torch.no_grad():
             old = log_probs()
-        adv, _ = compute_advantages(r, mask, args.estimator, args.n)
+        adv, _ = compute_advantages(r, mask, args.estimator, args.n)  # (B, A) over the whole step
         model.train()
-        loss, _ = policy_loss(log_probs(), old, adv, mask, eps_clip=0.2)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        # --updates optimizer steps per rollout on mini-batches (OpenRLHF: train_batch_size < rollout batch)
+        for rows in torch.arange(len(texts)).chunk(args.updates):
+            logits = model(input_ids=seq[rows], attention_mask=attn[rows], position_ids=pos[rows]).logits
+            lp = torch.log_softmax(logits[:, P - 1 : -1].float() / args.temperature, -1)
+            lp = lp.gather(-1, resp[rows].unsqueeze(-1)).squeeze(-1)  # (b, A)
+            loss, _ = policy_loss(lp, old[rows], adv[rows], mask[rows], eps_clip=0.2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return {
         "step_s": (time.perf_counter() - t0) / args.steps,
         "rewards": rewards,
@@ -91,7 +96,8 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--prompts", type=int, default=16, help="prompts per step")
     p.add_argument("--n", type=int, default=4, help="samples per prompt")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--updates", type=int, default=4, help="optimizer steps per rollout (mini-batches)")
     p.add_argument("--estimator", default="group_norm")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max_new_tokens", type=int, default=16)
@@ -100,7 +106,7 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"embedded-model GRPO loop: {args.steps} steps x {args.prompts} prompts x {args.n} samples, lr {args.lr}, "
-          f"T {args.temperature}, {args.estimator}")
+          f"T {args.temperature}, {args.estimator}, {args.updates} update(s) per rollout")
     chunk = 5
     for name, learn in (("frozen (baseline)", False), ("trained", True)):
         out = run(args, learn)
