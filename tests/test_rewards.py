@@ -52,6 +52,13 @@ def test_math_verify_reward_works_outside_the_main_thread():
     assert out == [[1.0]]
 
 
+def test_no_label_scores_zero_even_for_an_empty_response():
+    # without --label_key every label is "": an empty response must not "equal" it
+    assert MathVerifyReward()(["1+1=", "1+1=2"], ["1+1=", "1+1="], ["", ""]) == [0.0, 0.0]
+    # a label math-verify cannot parse falls back to exact text
+    assert MathVerifyReward()(["Q:yes", "Q:no"], ["Q:", "Q:"], ["yes", "yes"]) == [1.0, 0.0]
+
+
 def test_lengths_must_agree():
     with pytest.raises(ValueError, match="differ in length"):
         MathVerifyReward()(["a", "b"], ["a"], ["1", "2"])

@@ -51,6 +51,8 @@ class MathVerifyReward:
     def score(self, response: str, label: str) -> float:
         from math_verify import parse, verify
 
+        if not label.strip():  # no label (--label_key unset): nothing to check the answer against
+            return 0.0
         main = threading.current_thread() is threading.main_thread()
         timeout = 5 if main else None
         gold = parse(label, parsing_timeout=timeout)
