@@ -93,6 +93,10 @@ def test_build_writes_a_loadable_folder(tmp_path):
     AutoModelForCausalLM.from_pretrained(str(out))
     assert AutoTokenizer.from_pretrained(str(out)).decode([21, 22]) == "12"
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tiny-arith-")]  # no temp dir left
+    # building again replaces the folder as a whole
+    build_embedded_model(str(out), seed=4, max_steps=1, progress=False)
+    assert json.loads((out / "warmup.json").read_text())["seed"] == 4
+    assert os.listdir(tmp_path) == ["m"]
 
 
 def test_missing_model_is_built_on_first_use(tmp_path, monkeypatch):

@@ -239,9 +239,13 @@ def build_embedded_model(out_dir: str, seed: int = 0, target_accuracy: float = 0
             json.dump(info, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
+        old = None
+        if os.path.isdir(out_dir):  # move the old folder aside first: out_dir is never half-empty
+            old = tempfile.mkdtemp(prefix=".tiny-arith-old-", dir=parent)
+            os.replace(out_dir, os.path.join(old, "m"))
         os.replace(tmp, out_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
