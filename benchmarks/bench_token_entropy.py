@@ -53,8 +53,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--one", nargs=3, metavar=("METHOD", "N", "VOCAB"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.one:
         method, n, vocab = args.one
         print(json.dumps(run_method(method, int(n), int(vocab), args.repeats)))
@@ -66,6 +69,8 @@ def main():
         results = {}
         for m in METHODS:
             cmd = [sys.executable, __file__, "--one", m, str(n), str(vocab), "--repeats", str(args.repeats)]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
             results[m] = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
         base = results["categorical"]["seconds"]
         for m, r in results.items():
