@@ -1,0 +1,227 @@
+"""Files of a trajectory run (FORMAT.md): atomic writes, strict JSON, the manifest, the npz trace.
+
+Writers: every file is written to a temporary file in the same folder, flushed, fsynced and moved
+over the target with ``os.replace``, so a reader never sees half a file and a crash loses at most
+the file being written. JSON is strict: NaN and infinities become ``null``.
+
+Readers (``load_trajectories``, ``read_manifest``) treat every file as possibly hostile or broken
+and say what is wrong and where.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+STEP_FILE_RE = re.compile(r"^(?:.*_)?trajectories_step_(\d+)\.json(\.gz)?$")
+
+
+def step_file_name(global_step: int) -> str:
+    """``trajectories_step_<N>.json``, N not zero-padded (FORMAT.md)."""
+    return f"trajectories_step_{int(global_step)}.json"
+
+
+def npz_file_name(global_step: int) -> str:
+    """``step_<NNNNNN>.npz`` inside the ``steps/`` folder."""
+    return f"step_{int(global_step):06d}.npz"
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.json"
+        >>> atomic_write_bytes(p, b"[]")
+        >>> p.read_bytes()
+        b'[]'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform/filesystem, and not needed
+    # for readers to see a whole file, so failures are ignored.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- strict JSON
+
+_ORJSON_OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def _json_default(obj):
+    # torch tensors and numpy scalars/arrays that orjson does not take natively.
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):
+        obj = obj.detach().cpu()
+        return obj.item() if obj.dim() == 0 else obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} as JSON")
+
+
+def dumps_strict_json(obj, indent: bool = False) -> bytes:
+    """Serialise to strict JSON bytes: NaN and +-inf become ``null`` (orjson's rule), numpy and
+    torch values are converted.
+
+    Example:
+        >>> dumps_strict_json({"a": float("nan"), "b": [1.5, float("inf")]})
+        b'{"a":null,"b":[1.5,null]}'
+    """
+    opts = _ORJSON_OPTS | (orjson.OPT_INDENT_2 if indent else 0)
+    return orjson.dumps(obj, default=_json_default, option=opts)
+
+
+def dumps_records(records: list) -> bytes:
+    """A JSON array with one record per line: strict, compact, and still greppable line by line."""
+    if not records:
+        return b"[]\n"
+    return b"[\n" + b",\n".join(dumps_strict_json(r) for r in records) + b"\n]\n"
+
+
+# ----------------------------------------------------------------------------- manifest / npz
+
+
+def read_manifest(path) -> list[dict]:
+    """The manifest's entries; a torn or foreign line is skipped rather than fatal."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_bytes().splitlines():
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def upsert_manifest(path, entry: dict) -> None:
+    """Add ``entry`` to manifest.jsonl, replacing an older entry for the same ``global_step``.
+
+    A resumed run that saves a step again therefore leaves one line per step, in step order. The
+    whole file is rewritten atomically (it holds one short line per saved step).
+    """
+    step = entry.get("global_step")
+    entries = [e for e in read_manifest(path) if e.get("global_step") != step]
+    entries.append(entry)
+    entries.sort(key=lambda e: e.get("global_step") if isinstance(e.get("global_step"), int) else -1)
+    atomic_write_bytes(path, b"".join(dumps_strict_json(e) + b"\n" for e in entries))
+
+
+def write_npz(path, arrays: dict) -> None:
+    """``np.savez_compressed`` into memory, then one atomic write."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def list_step_files(folder) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``trajectories_step_N.json[.gz]`` in ``folder``, by step number."""
+    found = []
+    for p in Path(folder).iterdir():
+        m = STEP_FILE_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found, key=lambda sp: (sp[0], sp[1].name))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def resolve_step_files(path) -> list[Path]:
+    """The step files that ``path`` names: a step file, a trajectories folder, or a run's
+    ``save_path`` that holds ``trajectories/``. Raises FileNotFoundError with what was looked for.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    for folder in (path, path / "trajectories"):
+        if folder.is_dir():
+            files = [p for _, p in list_step_files(folder)]
+            if files:
+                return files
+    raise FileNotFoundError(f"{path}: no trajectories_step_<N>.json files here or in {path / 'trajectories'}")
+
+
+def load_trajectories(path, strict: bool = True) -> list[dict]:
+    """Read the records of a step file or of every step file of a run folder, checked against
+    FORMAT.md.
+
+    Args:
+        path: ``trajectories_step_N.json`` (or ``.json.gz``), a folder of them, or a run's
+            ``save_path`` holding ``trajectories/``.
+        strict: raise ``TrajectoryFormatError`` listing every problem (file, record, field).
+            With ``strict=False`` broken files are skipped and malformed records dropped, so you
+            get what can be read.
+
+    Example:
+        >>> recs = load_trajectories("runs/demo/trajectories")          # doctest: +SKIP
+        >>> recs[0]["pure_generated_text"], recs[0]["info"]["reward"]   # doctest: +SKIP
+    """
+    from .schema import TrajectoryFormatError, _record_problems, parse_json_file, validate_records
+
+    records: list[dict] = []
+    problems = []
+    for file in resolve_step_files(path):
+        data, parse_problems = parse_json_file(file)
+        problems.extend(parse_problems)
+        if data is None:
+            continue
+        file_problems = validate_records(data, str(file))
+        problems.extend(file_problems)
+        if not isinstance(data, list):
+            continue
+        if strict:
+            records.extend(data)
+        else:
+            records.extend(r for i, r in enumerate(data) if not _record_problems(r, i, str(file)))
+    if strict and problems:
+        raise TrajectoryFormatError(problems)
+    return records

@@ -1,0 +1,232 @@
+"""Records: a step's experiences flattened (``collect_step``), and one response as a FORMAT.md
+record (``build_record``). Shared by the saver and the converters."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .texts import token_texts
+
+
+@dataclass
+class StepBatch:
+    """Every response of one step, flattened over experiences and padded to one width.
+
+    R responses, A the widest response, P the widest prompt.
+    """
+
+    prompt_ids: list  # R lists of prompt token ids (left padding removed)
+    response_ids: list  # R lists of response token ids (padding after the end removed)
+    entropy: torch.Tensor  # (R, A) entropy of the sampling distribution, NaN where unknown
+    log_probs: torch.Tensor  # (R, A) log-prob of the sampled token under the rollout policy, NaN where unknown
+    mask: torch.Tensor  # (R, A) bool, true on real response tokens
+    advantages: np.ndarray  # (R,) mean advantage over the response tokens
+    returns: np.ndarray  # (R,) mean return over the response tokens
+    rewards: np.ndarray  # (R,)
+    info: list  # R dicts of per-sample info values (python scalars)
+    experience_index: list  # R ints
+    sample_in_exp: list  # R ints
+    group: list  # R ints: the prompt group (same prompt), numbered in order of first appearance
+    labels: list  # R labels or None
+    prompts: list  # R prompt strings or None
+
+
+def _rows(value, n: int, what: str) -> list:
+    """A per-sample value (tensor, array, list, scalar) as a list of n python values."""
+    if value is None:
+        return [None] * n
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = value.reshape(-1).tolist() if value.dim() <= 1 or value.shape[0] != n else value.tolist()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return [value] * n
+    if len(value) != n:
+        raise ValueError(f"experience {what} has {len(value)} values for {n} samples")
+    return list(value)
+
+
+def _masked_mean(values: torch.Tensor | None, mask: torch.Tensor) -> np.ndarray:
+    if values is None:
+        return np.full(mask.shape[0], np.nan)
+    values = values.detach().float().cpu()
+    if values.dim() == 1:  # already per sample
+        return values.numpy().astype(np.float64)
+    m = mask.float()
+    return ((values * m).sum(-1) / m.sum(-1).clamp(min=1)).numpy().astype(np.float64)
+
+
+def collect_step(experiences) -> StepBatch:
+    """Flatten a step's experiences into one ``StepBatch`` (the layout the saver works on)."""
+    parts = []
+    for e_idx, exp in enumerate(experiences):
+        seqs = exp.sequences.detach().cpu()  # (B, S) prompt (left-padded) then response
+        action_mask = exp.action_mask.detach().cpu().bool()  # (B, A)
+        b, a = action_mask.shape
+        attn = getattr(exp, "attention_mask", None)
+        attn = torch.ones_like(seqs, dtype=torch.bool) if attn is None else attn.detach().cpu().bool()  # (B, S)
+        ent = getattr(exp, "action_entropy", None)
+        ent = torch.full((b, a), float("nan")) if ent is None else ent.detach().float().cpu()  # (B, A)
+        lp = getattr(exp, "action_log_probs", None)
+        lp = torch.full((b, a), float("nan")) if lp is None else lp.detach().float().cpu()  # (B, A)
+        info = getattr(exp, "info", None) or {}
+        info_rows = {k: _rows(v, b, f"info[{k!r}]") for k, v in info.items()}
+        prompt_part, response_part = seqs[:, :-a] if a else seqs, seqs[:, seqs.shape[1] - a :]
+        prompt_ids = [row[m].tolist() for row, m in zip(prompt_part, attn[:, : prompt_part.shape[1]])]
+        response_ids = [row[m].tolist() for row, m in zip(response_part, action_mask)]
+        groups = _rows(getattr(exp, "group_index", None), b, "group_index")
+        if all(g is None for g in groups):
+            groups = [tuple(p) for p in prompt_ids]  # same prompt ids = same prompt group
+        parts.append(
+            dict(
+                prompt_ids=prompt_ids,
+                response_ids=response_ids,
+                entropy=ent,
+                log_probs=lp,
+                mask=action_mask,
+                advantages=_masked_mean(getattr(exp, "advantages", None), action_mask),
+                returns=_masked_mean(getattr(exp, "returns", None), action_mask),
+                info=[{k: v[i] for k, v in info_rows.items()} for i in range(b)],
+                experience_index=[e_idx] * b,
+                sample_in_exp=list(range(b)),
+                group=groups,
+                labels=_rows(getattr(exp, "labels", None), b, "labels"),
+                prompts=_rows(getattr(exp, "prompts", None), b, "prompts"),
+            )
+        )
+    width = max((p["mask"].shape[1] for p in parts), default=0)
+
+    def pad(t, fill):
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill)
+
+    def cat_list(key):
+        return [x for p in parts for x in p[key]]
+
+    if not parts:
+        empty = torch.zeros(0, 0)
+        return StepBatch([], [], empty, empty, empty.bool(), np.zeros(0), np.zeros(0), np.zeros(0), [], [], [], [], [], [])
+    info = cat_list("info")
+    group_number: dict = {}
+    groups = [group_number.setdefault(g, len(group_number)) for g in cat_list("group")]
+    rewards = np.array([_float(i.get("reward")) for i in info], dtype=np.float64)
+    return StepBatch(
+        prompt_ids=cat_list("prompt_ids"),
+        response_ids=cat_list("response_ids"),
+        entropy=torch.cat([pad(p["entropy"], float("nan")) for p in parts]),
+        log_probs=torch.cat([pad(p["log_probs"], float("nan")) for p in parts]),
+        mask=torch.cat([pad(p["mask"], False) for p in parts]),
+        advantages=np.concatenate([p["advantages"] for p in parts]),
+        returns=np.concatenate([p["returns"] for p in parts]),
+        rewards=rewards,
+        info=info,
+        experience_index=cat_list("experience_index"),
+        sample_in_exp=cat_list("sample_in_exp"),
+        group=groups,
+        labels=cat_list("labels"),
+        prompts=cat_list("prompts"),
+    )
+
+
+def _float(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _json_number(x):
+    """A python float, or None when not finite (strict JSON)."""
+    x = _float(x)
+    return x if np.isfinite(x) else None
+
+
+def build_record(
+    tokenizer,
+    *,
+    global_step: int,
+    experience_index: int,
+    sample_in_exp: int,
+    prompt_ids: list,
+    response_ids: list,
+    entropy: list,
+    log_probs: list,
+    high_entropy: list,
+    advantages: float,
+    returns: float,
+    info: dict,
+    threshold=None,
+    ratio=None,
+    label=None,
+    prompt_text=None,
+    group_index=None,
+) -> dict:
+    """One trajectory record of FORMAT.md from one response's ids and per-token values.
+
+    ``entropy``, ``log_probs`` and ``high_entropy`` are lists as long as ``response_ids``
+    (non-finite values become null).
+
+    Example:
+        >>> rec = build_record(tok, global_step=3, experience_index=0, sample_in_exp=1,   # doctest: +SKIP
+        ...     prompt_ids=[5, 6], response_ids=[7], entropy=[1.2], log_probs=[-0.3],
+        ...     high_entropy=[True], advantages=0.5, returns=0.5, info={"reward": 1.0})
+        >>> rec["pure_generated_tokens"][0]["high_entropy"]                                # doctest: +SKIP
+        True
+    """
+    n_prompt = len(prompt_ids)
+    full_texts = token_texts(tokenizer, list(prompt_ids) + list(response_ids))
+    pure_texts = token_texts(tokenizer, list(response_ids))
+
+    def response_token(text, j, tid):
+        return {
+            "text": text,
+            "high_entropy": bool(high_entropy[j]),
+            "entropy_score": _json_number(entropy[j]),
+            "id": int(tid),
+            "logprob": _json_number(log_probs[j]),
+        }
+
+    prompt_tokens = [
+        {"text": text, "high_entropy": False, "entropy_score": None, "prompt": True, "id": int(tid)}
+        for text, tid in zip(full_texts[:n_prompt], prompt_ids)
+    ]
+    generated = prompt_tokens + [
+        response_token(text, j, tid) for j, (text, tid) in enumerate(zip(full_texts[n_prompt:], response_ids))
+    ]
+    pure = [response_token(text, j, tid) for j, (text, tid) in enumerate(zip(pure_texts, response_ids))]
+    info = {k: _info_value(v) for k, v in info.items()}
+    info["reward"] = _json_number(info.get("reward"))
+    info["response_length"] = len(response_ids)
+    prompt_decoded = "".join(full_texts[:n_prompt])
+    return {
+        "global_step": int(global_step),
+        "experience_index": int(experience_index),
+        "sample_in_exp": int(sample_in_exp),
+        "generated_tokens": generated,
+        "pure_generated_tokens": pure,
+        "generated_text": "".join(full_texts),
+        "pure_generated_text": "".join(pure_texts),
+        "advantages": _json_number(advantages),
+        "return": _json_number(returns),
+        "info": info,
+        "prompt_text": prompt_text if isinstance(prompt_text, str) else prompt_decoded,
+        "label": label,
+        "group_index": group_index,
+        "high_entropy_threshold": _json_number(threshold),
+        "high_entropy_token_ratio": ratio,
+    }
+
+
+def _info_value(v):
+    if isinstance(v, (bool, int, str)) or v is None:
+        return v
+    if isinstance(v, float):
+        return _json_number(v)
+    if isinstance(v, (list, tuple)):
+        return [_info_value(x) for x in v]
+    try:
+        return _json_number(float(v))
+    except (TypeError, ValueError):
+        return str(v)

@@ -1,0 +1,246 @@
+"""TrajectorySaver: a training step's experiences -> trajectory records -> files (FORMAT.md).
+
+The saver reads OpenRLHF-style experience objects by attribute and never calls back into
+training. It sees every response of the step, so the high-entropy threshold is the step's, then
+keeps a few responses (``--trajectory_sampling``) and writes them with their per-token texts,
+entropies and marks. A failure to write is a warning, not a crash, unless ``--trajectory_strict``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .files import atomic_write_bytes, dumps_records, dumps_strict_json, npz_file_name, read_manifest
+from .files import step_file_name, upsert_manifest, write_npz
+from .marks import high_entropy_mask
+from .sampling import choose_responses
+from .records import StepBatch, _json_number, build_record, collect_step
+from .stats import entropy_histogram, entropy_summary
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class TrajectorySaver:
+    """Saves trajectories of training steps as FORMAT.md files.
+
+    Example:
+        >>> parser = add_trajectory_args(argparse.ArgumentParser())              # doctest: +SKIP
+        >>> args = parser.parse_args(["--save_trajectories", "--mark_high_entropy_tokens",
+        ...                           "--save_path", "runs/demo"])                 # doctest: +SKIP
+        >>> saver = TrajectorySaver.from_args(args, tokenizer)                     # doctest: +SKIP
+        >>> saver.save_step(global_step, experiences)   # once per step, every response of it
+        {'global_step': 1, 'file': 'trajectories_step_1.json', 'num_saved': 10, ...}
+    """
+
+    def __init__(
+        self,
+        out_dir,
+        tokenizer,
+        num_to_save: int = 10,
+        mark_high_entropy: bool = True,
+        ratio: float = 0.2,
+        scope: str = "step",
+        save_every: int = 1,
+        sampling: str = "groups",
+        save_trace: bool = False,
+        strict: bool = False,
+        seed: int = 42,
+        group=None,
+        run_info: dict | None = None,
+    ):
+        self.out_dir = Path(out_dir)
+        self.tokenizer = tokenizer
+        self.num_to_save = num_to_save
+        self.mark_high_entropy = mark_high_entropy
+        self.ratio = ratio
+        self.scope = scope
+        self.save_every = max(1, save_every)
+        self.sampling = sampling
+        self.save_trace = save_trace
+        self.strict = strict
+        self.seed = seed
+        self.group = group
+        self.run_info = run_info or {}
+        self.failures = 0
+
+    @classmethod
+    def from_args(cls, args, tokenizer, group=None) -> "TrajectorySaver":
+        """Build from parsed flags (``add_trajectory_args``); unknown trainers' args work too,
+        missing flags take their defaults. ``--trajectory_dir`` overrides
+        ``<save_path>/trajectories``."""
+        get = lambda name, default: getattr(args, name, default) if getattr(args, name, None) is not None else default  # noqa: E731
+        out_dir = get("trajectory_dir", None) or str(Path(get("save_path", "./ckpt")) / "trajectories")
+        from .. import __version__
+
+        flags = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
+        run_info = {
+            "model": get("pretrain", None),
+            "tokenizer": getattr(tokenizer, "name_or_path", None) or get("pretrain", None),
+            "flags": flags,
+            "package_version": __version__,
+        }
+        return cls(
+            out_dir,
+            tokenizer,
+            num_to_save=get("num_trajectories_to_save", 10),
+            mark_high_entropy=bool(get("mark_high_entropy_tokens", False)),
+            ratio=get("high_entropy_token_ratio", 0.2),
+            scope=get("high_entropy_scope", "step"),
+            save_every=get("trajectory_save_steps", 1),
+            sampling=get("trajectory_sampling", "groups"),
+            save_trace=bool(get("save_entropy_trace", False)),
+            strict=bool(get("trajectory_strict", False)),
+            seed=get("seed", 42),
+            group=group,
+            run_info=run_info,
+        )
+
+    def should_save(self, global_step: int) -> bool:
+        return global_step % self.save_every == 0
+
+    def save_step(self, global_step: int, experiences) -> dict | None:
+        """Write step ``global_step``'s files; returns its manifest entry, or None when the step
+        is not one to save or writing failed (a warning is logged; raised with ``strict``)."""
+        if not self.should_save(global_step):
+            return None
+        try:
+            return self._save_step(global_step, experiences)
+        except Exception as e:  # the saver must never stop training unless asked to
+            if self.strict:
+                raise
+            self.failures += 1
+            logger.warning(
+                "trajectory saver: step %d not saved (%s: %s); training goes on. "
+                "Use --trajectory_strict to make this fatal.",
+                global_step, type(e).__name__, e,
+            )
+            return None
+
+    def _save_step(self, global_step: int, experiences) -> dict:
+        started = time.perf_counter()
+        batch = collect_step(experiences)
+        marks, threshold = self._marks(batch)
+        chosen = choose_responses(
+            batch.group, batch.rewards, self.num_to_save, self.sampling, seed=self.seed + global_step
+        )
+        records = [self._record(batch, i, global_step, marks, threshold) for i in chosen]
+        name = step_file_name(global_step)
+        atomic_write_bytes(self.out_dir / name, dumps_records(records))
+        if self.save_trace:
+            self._write_trace(batch, global_step)
+        step_entropy = batch.entropy[batch.mask & torch.isfinite(batch.entropy)].numpy()  # (n,)
+        entry = {
+            "global_step": int(global_step),
+            "file": name,
+            "num_responses": len(batch.response_ids),
+            "num_saved": len(records),
+            "num_response_tokens": int(batch.mask.sum()),
+            "high_entropy_token_ratio": self.ratio if self.mark_high_entropy else None,
+            "high_entropy_threshold": _threshold_value(threshold) if self.mark_high_entropy else None,
+            "entropy": entropy_summary(step_entropy),
+            **entropy_histogram(step_entropy),
+            "reward_mean": _json_number(np.nanmean(batch.rewards)) if np.isfinite(batch.rewards).any() else None,
+            "created_at": _now(),
+            "save_seconds": round(time.perf_counter() - started, 4),
+        }
+        upsert_manifest(self.out_dir / "manifest.jsonl", entry)
+        self._write_summary(global_step)
+        return entry
+
+    def _marks(self, batch: StepBatch):
+        if not self.mark_high_entropy or batch.entropy.numel() == 0:
+            return torch.zeros_like(batch.mask), None
+        return high_entropy_mask(batch.entropy, batch.mask, self.ratio, scope=self.scope, group=self.group)
+
+    def _record(self, batch: StepBatch, i: int, global_step: int, marks, threshold) -> dict:
+        n = len(batch.response_ids[i])
+        row_mask = batch.mask[i]
+        tau = threshold[i].item() if isinstance(threshold, torch.Tensor) else threshold
+        return build_record(
+            self.tokenizer,
+            global_step=global_step,
+            experience_index=batch.experience_index[i],
+            sample_in_exp=batch.sample_in_exp[i],
+            prompt_ids=batch.prompt_ids[i],
+            response_ids=batch.response_ids[i],
+            entropy=batch.entropy[i][row_mask][:n].tolist(),
+            log_probs=batch.log_probs[i][row_mask][:n].tolist(),
+            high_entropy=marks[i][row_mask][:n].tolist(),
+            advantages=batch.advantages[i],
+            returns=batch.returns[i],
+            info=batch.info[i],
+            threshold=tau,
+            ratio=self.ratio if self.mark_high_entropy else None,
+            label=batch.labels[i],
+            prompt_text=batch.prompts[i],
+            group_index=batch.group[i],
+        )
+
+    def _write_trace(self, batch: StepBatch, global_step: int) -> None:
+        r = len(batch.response_ids)
+        width = max((len(x) for x in batch.response_ids), default=0)
+        responses = np.zeros((r, width), dtype=np.int32)  # (R, L)
+        response_mask = np.zeros((r, width), dtype=bool)  # (R, L)
+        entropies = np.zeros((r, width), dtype=np.float16)  # (R, L)
+        for i, ids in enumerate(batch.response_ids):
+            n = len(ids)
+            responses[i, :n] = ids
+            response_mask[i, :n] = True
+            entropies[i, :n] = batch.entropy[i][batch.mask[i]][:n].numpy()
+        uid = np.array(batch.group, dtype=np.int32)  # (R,) prompt group
+        sample_index = np.zeros(r, dtype=np.int32)  # (R,) index inside the prompt group
+        seen: dict = {}
+        for i, g in enumerate(uid.tolist()):
+            sample_index[i] = seen.get(g, 0)
+            seen[g] = sample_index[i] + 1
+        write_npz(
+            self.out_dir / "steps" / npz_file_name(global_step),
+            {
+                "entropies": entropies,
+                "response_mask": response_mask,
+                "responses": responses,
+                "response_index": np.arange(r, dtype=np.int32),
+                "prompt_length": np.array([len(p) for p in batch.prompt_ids], dtype=np.int32),
+                "uid": uid,
+                "sample_index": sample_index,
+                "rewards": batch.rewards.astype(np.float32),
+                "advantages": batch.advantages.astype(np.float32),
+            },
+        )
+
+    def _write_summary(self, global_step: int) -> None:
+        path = self.out_dir / "summary.json"
+        previous = {}
+        try:
+            import orjson
+
+            previous = orjson.loads(path.read_bytes()) if path.exists() else {}
+        except Exception:  # a broken summary is rewritten, not fatal
+            previous = {}
+        steps = [e["global_step"] for e in read_manifest(self.out_dir / "manifest.jsonl") if isinstance(e.get("global_step"), int)]
+        summary = {
+            "format_version": FORMAT_VERSION,
+            "created_at": previous.get("created_at") if isinstance(previous, dict) and previous.get("created_at") else _now(),
+            "updated_at": _now(),
+            "latest_step": max(steps, default=global_step),
+            "num_steps_written": len(steps),
+            **self.run_info,
+        }
+        atomic_write_bytes(path, dumps_strict_json(summary, indent=True))
+
+
+def _threshold_value(threshold):
+    if isinstance(threshold, torch.Tensor):  # per-response scope: no single step threshold
+        return None
+    return _json_number(threshold)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
