@@ -12,7 +12,8 @@ import sys
 import time
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def main(argv: list[str] | None = None):
+    """Run training; returns the PPOTrainer (its `history` holds each step's metrics)."""
     from openrlhf_ext.cli.train_args import parse_train_args
 
     args = parse_train_args(argv)
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         history = trainer.fit()
         trainer.save_model()
         print_summary(args, history, saver, time.perf_counter() - t_start)
-        return history
+        return trainer
     finally:
         ray.shutdown()
 

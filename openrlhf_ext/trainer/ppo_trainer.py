@@ -44,6 +44,7 @@ class PPOTrainer:
         self.total_steps = min(total, args.max_steps) if args.max_steps else total
         self.global_step = 0  # steps completed
         self.history: list[dict] = []  # per-step metrics, for callers and tests
+        self.last_experiences = None  # the newest step's experiences (what the saver was handed)
 
     # ---- prompts -------------------------------------------------------------------------------
     def rows_for_step(self, step: int) -> list[dict]:
@@ -95,6 +96,7 @@ class PPOTrainer:
         n_tokens = int(sum(e.attention_mask.sum().item() for e in experiences))
         metrics["tokens"] = float(n_tokens)
         metrics["global_step"] = step
+        self.last_experiences = experiences
         return metrics
 
     def fit(self) -> list[dict]:

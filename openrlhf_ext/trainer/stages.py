@@ -48,13 +48,13 @@ def generate(groups, tokenizer, args, rows: list[dict], seed: int) -> dict:
                         for i, (w, s) in enumerate(zip(groups.actor.workers, shards))])
         responses = [r for o in outs for r in o]
     batch = pack_sequences(prompt_ids, responses, pad_id, eos_id)
-    response_length = batch["action_mask"].sum(-1).float()  # (B,)
+    response_length = batch["action_mask"].sum(-1)  # (B,) long
     batch.update(
         prompts=prompts, labels=labels,
         group_index=torch.arange(len(rows)).repeat_interleave(n),
         info={"response_length": response_length,
-              "total_length": batch["attention_mask"].sum(-1).float(),
-              "truncated": batch.pop("truncated").float()},
+              "total_length": batch["attention_mask"].sum(-1),  # (B,) long: prompt + response
+              "truncated": batch.pop("truncated")},  # (B,) bool: hit generate_max_len without EOS
     )
     return batch
 
