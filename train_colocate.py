@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     prompts = load_prompts(args, tokenizer)
-    reward_fn = None if args.reward_pretrain else build_reward_fn(args)
+    reward_fn = None if args.reward_pretrain else build_reward_fn(args, tokenizer)
 
     # 2. the trajectory saver; on resume, first forget the trajectories of the steps to be redone
     saver = None

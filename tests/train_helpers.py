@@ -21,7 +21,7 @@ def build_char_tokenizer():
                                    unk_token="<unk>")
 
 
-def build_tiny_model(path: str, seed: int = 0) -> str:
+def build_tiny_model(path: str, seed: int = 0, tied: bool = False) -> str:
     """A 2-layer Llama (random weights) + its tokenizer, saved as a Hugging Face folder."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -29,7 +29,7 @@ def build_tiny_model(path: str, seed: int = 0) -> str:
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=2, head_dim=32, max_position_embeddings=128,
-                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+                      tie_word_embeddings=tied, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     model = LlamaForCausalLM(cfg)
     model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model.save_pretrained(path)

@@ -55,6 +55,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--input_key", default="input", help="prompt field of --prompt_data")
     g.add_argument("--label_key", default=None, help="label (reference answer) field of --prompt_data")
     g.add_argument("--apply_chat_template", action="store_true", help="wrap each prompt in the tokenizer's chat template")
+    g.add_argument("--input_template", default=None, help='format of each prompt, e.g. "Q: {}\\nA: "')
+    g.add_argument("--prompt_split", default="train", help="split of --prompt_data to read")
     g.add_argument("--max_samples", type=int, default=100_000_000, help="use at most this many prompts")
     g.add_argument("--prompt_max_len", type=int, default=1024, help="prompts longer than this (tokens) are left-truncated")
 
@@ -86,6 +88,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--kl_estimator", choices=("k1", "k2", "k3"), default="k1")
     g.add_argument("--eps_clip", type=float, default=0.2, help="PPO ratio clip")
     g.add_argument("--value_clip", type=float, default=0.2, help="critic value clip (gae)")
+    g.add_argument("--no_advantage_std_norm", action="store_true",
+                   help="gae/reinforce/reinforce_baseline: centre the advantages without dividing by their std")
     g.add_argument("--gamma", type=float, default=1.0)
     g.add_argument("--lambd", type=float, default=0.95, help="GAE lambda")
     g.add_argument("--actor_learning_rate", type=float, default=1e-6)
@@ -157,9 +161,13 @@ def validate_args(args: argparse.Namespace) -> list[str]:
     if n_resp % args.micro_rollout_batch_size == 0 and n_exp % world:
         errs.append(f"the {n_exp} experiences of a step (responses / micro_rollout_batch_size) must split evenly "
                     f"over the {world} actor workers: change --micro_rollout_batch_size.")
-    if args.advantage_estimator in ("rloo", "reinforce_baseline", "group_norm", "dr_grpo") and args.n_samples_per_prompt < 2:
-        errs.append(f"--advantage_estimator {args.advantage_estimator} compares the responses of one prompt: "
-                    f"set --n_samples_per_prompt to 2 or more (e.g. 4).")
+    from openrlhf_ext.trainer.advantages import check_advantage_config
+
+    try:
+        check_advantage_config(args.advantage_estimator, args.n_samples_per_prompt, args.gamma,
+                               has_critic=args.advantage_estimator == "gae")
+    except ValueError as e:
+        errs.append(str(e))
     if not 0.0 < args.temperature:
         errs.append(f"--temperature must be above 0 (got {args.temperature}).")
     if not 0.0 < args.top_p <= 1.0:

@@ -25,9 +25,16 @@ def start_ray(num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     env = {"TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    for k in ("VLLM_ENABLE_V1_MULTIPROCESSING", "OPENRLHF_EXT_DS_SHM", "OPENRLHF_EXT_CPU_THREADS", "PYTHONPATH"):
+    for k in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "OPENRLHF_EXT_DS_SHM",
+              "OPENRLHF_EXT_CPU_THREADS"):
         if k in os.environ:
             env[k] = os.environ[k]
+    # Workers import the very openrlhf_ext the controller runs (a source checkout may sit beside
+    # an installed copy of the package).
+    import openrlhf_ext
+
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(openrlhf_ext.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH", "")) if p)
     if not on_gpu():
         env["DS_ACCELERATOR"] = "cpu"  # skips DeepSpeed's accelerator probe warning in every worker
     kwargs = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": env},

@@ -88,14 +88,16 @@ class PolicyWorker(BaseWorker):
         if self.rank != 0:
             return None
         sd = self.engine.module.model.state_dict()
-        # safetensors refuses shared storage: a tied lm_head goes once, as embed_tokens.
+        # safetensors refuses tensors that share memory: a tied lm_head goes once, under the name
+        # that comes first (embed_tokens). Compare the tensors' own addresses, not their storages:
+        # ZeRO flattens every parameter into views of one big buffer.
         seen, flat = set(), {}
         for k, v in sd.items():
-            key = v.untyped_storage().data_ptr()
+            key = (v.data_ptr(), tuple(v.shape))
             if key in seen:
                 continue
             seen.add(key)
-            flat[k] = v.detach().to("cpu").contiguous()
+            flat[k] = v.detach().to("cpu").contiguous().clone()
         return save(flat)
 
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> bool:

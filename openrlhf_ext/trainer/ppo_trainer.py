@@ -86,7 +86,7 @@ class PPOTrainer:
         with timed("update"):
             metrics.update(stages.update(g, a, experiences, step))
         with timed("sync"):
-            stages.sync_weights(g)
+            stages.sync_weights(g, a)
         self.global_step = step
         if a.save_steps > 0 and step % a.save_steps == 0:
             with timed("checkpoint"):
@@ -136,7 +136,7 @@ class PPOTrainer:
             refs += self.groups.critic.call("load_checkpoint", os.path.join(a.ckpt_path, "_critic"), tag_for(step))
         states = ray.get(refs)
         self.global_step = int(states[0].get("global_step", step))
-        stages.sync_weights(self.groups)
+        stages.sync_weights(self.groups, a)
         print(f"[openrlhf_ext] resumed from {a.ckpt_path} at global step {self.global_step}")
 
     def save_model(self) -> None:

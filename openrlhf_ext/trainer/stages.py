@@ -40,7 +40,11 @@ def generate(groups, tokenizer, args, rows: list[dict], seed: int) -> dict:
     prompt_ids = tokenize_prompts(tokenizer, prompts, args.prompt_max_len)
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     if groups.vllm is not None:
+        if args.vllm_enable_sleep:
+            groups.vllm.wake_up()
         responses = groups.vllm.generate(prompt_ids, seed)
+        if args.vllm_enable_sleep:
+            groups.vllm.sleep()  # frees the GPU memory of the KV cache for the training stages
     else:
         world = len(groups.actor)
         shards = [prompt_ids[len(prompt_ids) * w // world: len(prompt_ids) * (w + 1) // world] for w in range(world)]
@@ -120,7 +124,8 @@ def advantages(args, experiences: list[Experience], rewards: torch.Tensor) -> di
     adv, ret = compute_advantages(
         rewards, mask, args.advantage_estimator, args.n_samples_per_prompt, values=values,
         gamma=args.gamma, lambd=args.lambd,
-        kl=None if args.use_kl_loss else kl, kl_coef=0.0 if args.use_kl_loss else args.init_kl_coef)
+        kl=None if args.use_kl_loss else kl, kl_coef=0.0 if args.use_kl_loss else args.init_kl_coef,
+        advantage_std_norm=not args.no_advantage_std_norm)
     split_field(experiences, "advantages", adv)
     split_field(experiences, "returns", ret)
     if args.policy_loss_entropy_top_ratio is not None:
@@ -167,12 +172,16 @@ def update(groups, args, experiences: list[Experience], global_step: int) -> dic
     return {k: sum(v) / len(v) for k, v in metrics.items() if not math.isnan(sum(v))}
 
 
-def sync_weights(groups) -> None:
+def sync_weights(groups, args) -> None:
     """Push the updated actor weights into the vLLM engines (vllm backend only)."""
     if groups.vllm is None:
         return
     blob = ray.get(groups.actor.workers[0].state_dict_bytes.remote())
+    if args.vllm_enable_sleep:
+        groups.vllm.wake_up()
     groups.vllm.load_weights(blob)
+    if args.vllm_enable_sleep:
+        groups.vllm.sleep()
 
 
 def step_metrics(experiences: list[Experience]) -> dict:

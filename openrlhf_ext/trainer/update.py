@@ -38,11 +38,14 @@ def actor_loss(actor, mb: dict, args) -> tuple[torch.Tensor, dict]:
     need_entropy = args.entropy_loss_coef != 0
     log_probs, entropy = actor(mb["sequences"], mb["attention_mask"], mask.shape[1],
                                temperature=args.temperature, with_entropy=need_entropy)
-    out = policy_loss(log_probs, mb["action_log_probs"], mb["advantages"], mask, args.eps_clip,
-                      token_weights=mb.get("loss_mask"))
-    pg_loss = out[0] if isinstance(out, tuple) else out
+    # Dr. GRPO sums each response's token losses over a constant length (no length bias).
+    dr = args.advantage_estimator == "dr_grpo"
+    pg_loss, clip_ratio = policy_loss(log_probs, mb["action_log_probs"], mb["advantages"], mask, args.eps_clip,
+                                      token_weights=mb.get("loss_mask"),
+                                      loss_agg="seq_sum_norm" if dr else "token_mean",
+                                      norm_len=args.generate_max_len if dr else None)
     loss = pg_loss
-    stats = {"policy_loss": pg_loss.item()}
+    stats = {"policy_loss": pg_loss.item(), "clip_ratio": clip_ratio.item()}
     if args.use_kl_loss and "base_action_log_probs" in mb:
         kl = masked_mean(kl_estimate(log_probs, mb["base_action_log_probs"], args.kl_estimator), mask)
         loss = loss + args.init_kl_coef * kl
@@ -51,10 +54,6 @@ def actor_loss(actor, mb: dict, args) -> tuple[torch.Tensor, dict]:
         ent = masked_mean(entropy, mask)
         loss = loss - args.entropy_loss_coef * ent
         stats["entropy_loss"] = ent.item()
-    with torch.no_grad():
-        ratio = (log_probs - mb["action_log_probs"]).exp()
-        clipped = ((ratio - 1).abs() > args.eps_clip).float()
-        stats["clip_frac"] = masked_mean(clipped, mask).item()
     return loss, stats
 
 
