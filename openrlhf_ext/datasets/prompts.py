@@ -7,7 +7,7 @@ is what the reward function compares the response with.
 Example:
     >>> from openrlhf_ext.datasets.prompts import builtin_prompts
     >>> builtin_prompts(2, seed=0)
-    [{'prompt': '49+97=', 'label': '146'}, {'prompt': '53+5=', 'label': '58'}]
+    [{'prompt': '12+13=', 'label': '25'}, {'prompt': '1+8=', 'label': '9'}]
 """
 from __future__ import annotations
 
@@ -16,15 +16,17 @@ import random
 
 # The embedded model (openrlhf_ext/models/embedded.py) was warmed up on exactly this template, so
 # changing it here makes the shipped model a stranger to its own task: rebuild it if you do.
-ARITHMETIC_MAX_OPERAND = 99
+# Operands up to 19: a 2-layer model learns these sums in a few hundred steps on a CPU, while
+# 2-digit operands (0-99) needed thousands, far past the one-minute warm-up budget.
+ARITHMETIC_MAX_OPERAND = 19
 
 
 def arithmetic_problem(rng: random.Random) -> dict:
-    """One problem of the synthetic task: ``"a+b="`` with ``0 <= a, b <= 99``; label is the sum.
+    """One problem of the synthetic task: ``"a+b="`` with ``0 <= a, b <= 19``; label is the sum.
 
     Example:
         >>> arithmetic_problem(random.Random(0))
-        {'prompt': '49+97=', 'label': '146'}
+        {'prompt': '12+13=', 'label': '25'}
     """
     a = rng.randint(0, ARITHMETIC_MAX_OPERAND)
     b = rng.randint(0, ARITHMETIC_MAX_OPERAND)
@@ -36,7 +38,7 @@ def builtin_prompts(num: int, seed: int = 42) -> list[dict]:
 
     Example:
         >>> [p["prompt"] for p in builtin_prompts(3, seed=1)]
-        ['17+72=', '97+8=', '32+15=']
+        ['4+18=', '2+8=', '3+15=']
     """
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
@@ -92,7 +94,7 @@ def load_prompts(args, tokenizer=None) -> list[dict]:
     Example:
         >>> from argparse import Namespace
         >>> load_prompts(Namespace(prompt_data=None, max_samples=2, seed=0))
-        [{'prompt': '49+97=', 'label': '146'}, {'prompt': '53+5=', 'label': '58'}]
+        [{'prompt': '12+13=', 'label': '25'}, {'prompt': '1+8=', 'label': '9'}]
         >>> # a jsonl file with {"question": "...", "answer": "..."} rows:
         >>> load_prompts(Namespace(prompt_data="gsm8k.jsonl", input_key="question", label_key="answer"))  # doctest: +SKIP
     """
