@@ -82,22 +82,34 @@ class PolicyWorker(BaseWorker):
         return actor_update(self.engine, payloads, self.args, seed, self.device)
 
     def state_dict_bytes(self) -> bytes | None:
-        """The full weights in safetensors bytes, for a vLLM sync (rank 0 only; ZeRO <= 2 keeps them whole)."""
+        """The full weights as safetensors bytes, for a vLLM sync (None on ranks other than 0).
+
+        Every rank must call it: under ZeRO-3 the weights are gathered collectively first.
+        """
+        import contextlib
+
         from safetensors.torch import save
 
-        if self.rank != 0:
-            return None
-        sd = self.engine.module.model.state_dict()
-        # safetensors refuses tensors that share memory: a tied lm_head goes once, under the name
-        # that comes first (embed_tokens). Compare the tensors' own addresses, not their storages:
-        # ZeRO flattens every parameter into views of one big buffer.
-        seen, flat = set(), {}
-        for k, v in sd.items():
-            key = (v.data_ptr(), tuple(v.shape))
-            if key in seen:
-                continue
-            seen.add(key)
-            flat[k] = v.detach().to("cpu").contiguous().clone()
+        model = self.engine.module.model
+        gather = contextlib.nullcontext()
+        if self.args.zero_stage == 3:
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+        with gather:
+            if self.rank != 0:
+                return None
+            sd = model.state_dict()
+            # safetensors refuses tensors that share memory: a tied lm_head goes once, under the
+            # name that comes first (embed_tokens). Compare the tensors' own addresses, not their
+            # storages: ZeRO flattens every parameter into views of one big buffer.
+            seen, flat = set(), {}
+            for k, v in sd.items():
+                key = (v.data_ptr(), tuple(v.shape))
+                if key in seen:
+                    continue
+                seen.add(key)
+                flat[k] = v.detach().to("cpu").contiguous().clone()
         return save(flat)
 
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> bool:
@@ -110,8 +122,19 @@ class PolicyWorker(BaseWorker):
         return client_state or {}
 
     def save_model(self, path: str, tokenizer_path: str) -> bool:
+        """Hugging Face folder of the trained policy (+ the tokenizer files), written by rank 0."""
+        import contextlib
+
+        model = self.engine.module.model
+        gather = contextlib.nullcontext()
+        if self.args.zero_stage == 3:
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+        with gather:
+            if self.rank == 0:
+                model.save_pretrained(path, safe_serialization=True)
         if self.rank == 0:
-            self.engine.module.model.save_pretrained(path, safe_serialization=True)
             for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                          "merges.txt", "generation_config.json", "chat_template.jinja"):
                 src = os.path.join(tokenizer_path, name)

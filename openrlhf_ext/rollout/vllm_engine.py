@@ -61,9 +61,10 @@ class LLMRayActor:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default 4 is a lot for a CI box
         from vllm import LLM
 
+        self.sleep_enabled = enable_sleep_mode and on_gpu()  # sleep mode frees GPU memory; none on CPU
         self.llm = LLM(
             model=pretrain, seed=seed, tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep_mode and on_gpu(),
+            gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled,
             dtype="bfloat16" if bf16 else "float32", max_model_len=max_model_len,
             enforce_eager=not on_gpu(), distributed_executor_backend="uni" if tensor_parallel_size == 1 else "mp",
             worker_extension_cls="openrlhf_ext.rollout.vllm_engine.WeightSyncExtension",
@@ -88,10 +89,12 @@ class LLMRayActor:
         return self.llm.collective_rpc("load_trained_weights", args=(blob,))[0]
 
     def sleep(self) -> None:
-        self.llm.sleep(level=1)
+        if self.sleep_enabled:
+            self.llm.sleep(level=1)
 
     def wake_up(self) -> None:
-        self.llm.wake_up()
+        if self.sleep_enabled:
+            self.llm.wake_up()
 
 
 class VLLMEngines:

@@ -176,7 +176,7 @@ def sync_weights(groups, args) -> None:
     """Push the updated actor weights into the vLLM engines (vllm backend only)."""
     if groups.vllm is None:
         return
-    blob = ray.get(groups.actor.workers[0].state_dict_bytes.remote())
+    blob = ray.get(groups.actor.call("state_dict_bytes"))[0]  # all ranks: ZeRO-3 gathers collectively
     if args.vllm_enable_sleep:
         groups.vllm.wake_up()
     groups.vllm.load_weights(blob)
