@@ -57,6 +57,7 @@ class LLMRayActor:
         # In-process engine core: starts in ~3 s instead of ~25 s on CPU, and no nested processes
         # inside the Ray actor.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # not an INFO line per weight sync
         if not on_gpu():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default 4 is a lot for a CI box
         from vllm import LLM
