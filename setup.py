@@ -4,7 +4,26 @@ The trajectory saver (`openrlhf_ext.trajectory`) stands alone: torch, numpy, a t
 jinja2 are all it needs. The trainer's stack (Ray, DeepSpeed, datasets, math-verify) is the
 `train` extra; vLLM is its own extra because it is a large, platform-specific install.
 """
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+VIEWER = Path(__file__).parent / "viewer" / "render_trajectories.html"
+
+
+class build_py_with_viewer(build_py):
+    """Wheels carry the viewer as openrlhf_ext/assets/render_trajectories.html, copied at build
+    time from viewer/, so that `openrlhf-traj report` works from an installed package while the
+    repository keeps one copy of the file."""
+
+    def run(self):
+        super().run()
+        if VIEWER.is_file() and not self.editable_mode:
+            target = Path(self.build_lib) / "openrlhf_ext" / "assets" / VIEWER.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(VIEWER, target)
 
 setup(
     name="openrlhf-ext",
@@ -15,7 +34,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["openrlhf_ext", "openrlhf_ext.*"]),
     include_package_data=True,
-    package_data={"openrlhf_ext": ["assets/*", "trajectory/templates/*"]},
+    package_data={"openrlhf_ext": ["assets/*", "assets/*/*", "trajectory/templates/*"]},
     install_requires=[
         # A range, not a pin: a CPU machine keeps the torch it has (2.13.0 here) and a GPU user
         # keeps their CUDA build; pip must never swap it for another build.
@@ -24,7 +43,7 @@ setup(
         "transformers>=4.46",
         "tokenizers>=0.20",
         "jinja2>=3.1",
-        "orjson>=3.9",
+        "orjson>=3.8",
         "tqdm>=4.66",
     ],
     extras_require={
@@ -44,6 +63,7 @@ setup(
             "playwright>=1.45",
         ],
     },
+    cmdclass={"build_py": build_py_with_viewer},
     entry_points={
         "console_scripts": [
             "openrlhf-traj=openrlhf_ext.trajectory.cli:main",

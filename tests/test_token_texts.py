@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import PreTrainedTokenizerFast
 
 from openrlhf_ext.trajectory.texts import _align, token_texts, token_texts_batch
+from openrlhf_ext.trajectory.texts_table import table_for
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -75,7 +76,8 @@ def _wordpiece() -> Tokenizer:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     tok.train_from_iterator(
-        CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[UNK]", "[CLS]", "[SEP]"], show_progress=False)
+        CORPUS,
+        trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[UNK]", "[CLS]", "[SEP]"], show_progress=False),
     )
     return tok
 
@@ -88,6 +90,33 @@ RAW = {
 }
 HF = {name: PreTrainedTokenizerFast(tokenizer_object=tok) for name, tok in RAW.items()}
 BPE = HF["byte_bpe"]
+
+
+def _model_classes() -> dict:
+    """transformers' own Qwen2 / Llama / Gemma tokenizer classes, built from vocabs trained here:
+    their decoders, pre-tokenizers and special tokens are configured exactly as for the real models."""
+    from transformers import GemmaTokenizer, LlamaTokenizer, Qwen2Tokenizer
+
+    bl = json.loads(RAW["byte_bpe"].to_str())["model"]
+    qwen = Qwen2Tokenizer(vocab=bl["vocab"], merges=[tuple(m) for m in bl["merges"]])
+    sp = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace()
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    sp.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"] + byte_tokens, show_progress=False),
+    )
+    m = json.loads(sp.to_str())["model"]
+    # CJK/emoji only through byte fallback, as for rare characters in a real SentencePiece vocab
+    vocab = {t: i for t, i in m["vocab"].items() if not any(ord(c) > 0x2FFF and c != "▁" for c in t)}
+    merges = [tuple(mg) for mg in m["merges"] if all(x in vocab for x in mg) and "".join(mg) in vocab]
+    llama = LlamaTokenizer(vocab=vocab, merges=merges)
+    gemma_vocab = dict(vocab, **{t: len(vocab) + k for k, t in enumerate(["<pad>", "<eos>", "<bos>", "<mask>"])})
+    gemma = GemmaTokenizer(vocab=gemma_vocab, merges=merges)
+    return {"qwen2": qwen, "llama": llama, "gemma": gemma}
+
+
+MODEL_CLASSES = _model_classes()
 
 
 def prefix_oracle(tokenizer, ids, **kw):
@@ -147,6 +176,15 @@ def test_cjk_split_goes_whole_to_the_completing_token():
     assert token_texts(BPE, ids) == ["", "", "学", "x"]
 
 
+def test_unknown_id_inside_a_split_char_is_dropped_like_decode():
+    emoji = _ids_by_map(BPE, "😀")
+    beyond = len(BPE) + 10  # e.g. a padded model vocab sampled past the tokenizer's
+    ids = emoji[:2] + [beyond] + emoji[2:]
+    assert BPE.decode(ids) == "😀"
+    for verify in (True, False):
+        assert token_texts(BPE, ids, verify=verify) == ["", "", "", "", "😀"]
+
+
 def test_special_tokens_kept_or_skipped_like_decode():
     ids = BPE.encode("<|im_start|>hi 你好<|im_end|>")
     texts = token_texts(BPE, ids)
@@ -169,6 +207,7 @@ def test_numpy_torch_tuple_and_list_agree():
     assert token_texts(BPE, tuple(ids)) == want
     assert token_texts(BPE, np.array(ids, dtype=np.int32)) == want
     assert token_texts(BPE, torch.tensor(ids)) == want
+    assert token_texts(BPE, list(np.array(ids))) == want  # a list of numpy scalars
     assert token_texts_batch(BPE, torch.tensor([ids, ids])) == [want, want]
     with pytest.raises(ValueError):
         token_texts(BPE, torch.tensor([ids]))
@@ -239,6 +278,32 @@ def test_unmodelled_decoder_is_still_lossless():
         assert "\ufffd" not in "".join(texts)
 
 
+def test_decode_override_is_always_decoded():
+    class ShoutyTokenizer(PreTrainedTokenizerFast):
+        def decode(self, token_ids, **kwargs):
+            return super().decode(token_ids, **kwargs).upper()
+
+    tok = ShoutyTokenizer(tokenizer_object=Tokenizer.from_str(RAW["byte_bpe"].to_str()))
+    ids = tok.encode("we are done 😀")
+    for verify in ("auto", False):
+        texts = token_texts(tok, ids, verify=verify)
+        assert "".join(texts) == "WE ARE DONE 😀" and len(texts) == len(ids)
+
+
+def test_auto_mode_falls_back_to_verifying_when_the_model_is_wrong():
+    # a table that mispredicts decode (as an unforeseen decoder variant would) must fail the
+    # calibration, so that the default mode decodes every row instead of trusting it
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(RAW["byte_bpe"].to_str()))
+    ids = tok.encode("a cat sat on a mat")
+    table = table_for(tok)
+    table.lookup(list(range(len(tok))))  # fill every entry, then break the letters
+    for i in range(len(tok)):
+        if table.whole[i] and table.whole[i].isalpha():
+            table.whole[i] = table.whole[i].upper()
+    assert "".join(token_texts(tok, ids, verify=False)) != tok.decode(ids)  # the model is wrong
+    assert "".join(token_texts(tok, ids)) == tok.decode(ids) == "a cat sat on a mat"
+
+
 def test_given_decoded_text_is_the_reference():
     ids = BPE.encode("a b c")
     texts = token_texts(BPE, ids, decoded="a  b c")  # e.g. a saver that post-processed the text
@@ -249,11 +314,13 @@ def test_align_gives_replaced_chars_to_the_last_replaced_token():
     assert _align(["a", "\ufffd", "\ufffd", "b"], "a😀b") == ["a", "", "😀", "b"]
     assert _align([" x", " .", " y"], " x. y") == [" x", ".", " y"]
     assert _align(["", ""], "zz") == ["", "zz"]
+    # spaces only in the decoded text (a decoder adding word separators) go to the next word
+    assert _align(["Let", "x", "="], "Let x =") == ["Let", " x", " ="]
 
 
 # ----------------------------------------------------------------------------- properties
 
-PIECES = list("abcxyz 0123456789+-=^().\n") + list("我们学数答案中文") + ["😀", "🎉", "🚀", "👍🏽", "é", "∑", " the"]
+PIECES = [*"abcxyz 0123456789+-=^().\n", *"我们学数答案中文", "😀", "🎉", "🚀", "👍🏽", "é", "∑", " the"]
 TEXT = st.lists(st.sampled_from(PIECES), max_size=30).map("".join)
 
 
@@ -266,11 +333,11 @@ def test_property_encoded_text_matches_prefix_oracle(name, text, data):
     lo = data.draw(st.integers(0, len(ids)))
     hi = data.draw(st.integers(lo, len(ids)))
     ids = ids[lo:hi]
-    texts = token_texts(tok, ids)
+    texts = token_texts(tok, ids, verify=True)
     full = tok.decode(ids)
     assert "".join(texts) == full
     assert len(texts) == len(ids)
-    assert token_texts(tok, ids, verify=False) == texts
+    assert token_texts(tok, ids) == token_texts(tok, ids, verify=False) == texts
     if "\ufffd" not in full:
         assert texts == prefix_oracle(tok, ids)
         assert not any("\ufffd" in t for t in texts)
@@ -281,16 +348,34 @@ def test_property_encoded_text_matches_prefix_oracle(name, text, data):
 def test_property_random_ids_are_lossless(name, raw, skip, data):
     tok = RAW[name] if raw else HF[name]
     size = RAW[name].get_vocab_size(with_added_tokens=True)
-    ids = data.draw(st.lists(st.integers(0, size - 1), max_size=30))
+    # a few ids past the vocabulary too: models pad their vocab, and decode drops unknown ids
+    ids = data.draw(st.lists(st.integers(0, size + 2), max_size=30))
     kw = {"skip_special_tokens": skip}
-    texts = token_texts(tok, ids, decode_kwargs=kw)
+    texts = token_texts(tok, ids, decode_kwargs=kw, verify=True)
     full = RAW[name].decode(ids, skip_special_tokens=skip)
     assert "".join(texts) == full
     assert len(texts) == len(ids)
     # without the verifying decode, the modelled decoders must be exact on their own
     assert token_texts(tok, ids, decode_kwargs=kw, verify=False) == texts
+    assert token_texts(tok, ids, decode_kwargs=kw) == texts
     if "\ufffd" not in full:
         assert not any("\ufffd" in t for t in texts)
+        assert texts == prefix_oracle(tok, ids, **kw)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(MODEL_CLASSES)), skip=st.booleans(), text=TEXT, data=st.data())
+def test_property_transformers_model_tokenizers(name, skip, text, data):
+    tok = MODEL_CLASSES[name]
+    kw = {"skip_special_tokens": skip}
+    noise = data.draw(st.lists(st.integers(0, len(tok) + 2), max_size=8))
+    ids = tok.encode(text) + noise  # real text (with BOS where the class adds one) then any ids
+    texts = token_texts(tok, ids, decode_kwargs=kw, verify=True)
+    full = tok.decode(ids, **kw)
+    assert "".join(texts) == full and len(texts) == len(ids)
+    assert token_texts(tok, ids, decode_kwargs=kw, verify=False) == texts
+    assert token_texts(tok, ids, decode_kwargs=kw) == texts
+    if "\ufffd" not in full:
         assert texts == prefix_oracle(tok, ids, **kw)
 
 

@@ -7,22 +7,31 @@ Example:
     >>> saver = TrajectorySaver.from_args(args, tokenizer)                          # doctest: +SKIP
     >>> saver.save_step(global_step, experiences)                                   # doctest: +SKIP
 """
-from .args import add_trajectory_args
-from .entropy import token_entropy
-from .files import load_trajectories
-from .marks import high_entropy_mask
-from .records import build_record
-from .saver import TrajectorySaver
-from .schema import TrajectoryFormatError
-from .texts import token_texts
+import importlib
 
-__all__ = [
-    "TrajectoryFormatError",
-    "TrajectorySaver",
-    "add_trajectory_args",
-    "build_record",
-    "high_entropy_mask",
-    "load_trajectories",
-    "token_entropy",
-    "token_texts",
-]
+# Public name -> module. Loaded on first use, so that `openrlhf-traj validate` and `stats` start
+# without importing torch (seconds on a laptop).
+_EXPORTS = {
+    "TrajectoryFormatError": "schema",
+    "TrajectorySaver": "saver",
+    "add_trajectory_args": "args",
+    "build_record": "records",
+    "high_entropy_mask": "marks",
+    "load_trajectories": "files",
+    "token_entropy": "entropy",
+    "token_texts": "texts",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

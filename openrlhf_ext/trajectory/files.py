@@ -13,6 +13,7 @@ import io
 import os
 import re
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -154,9 +155,14 @@ def upsert_manifest(path, entry: dict) -> None:
 
 
 def write_npz(path, arrays: dict) -> None:
-    """``np.savez_compressed`` into memory, then one atomic write."""
+    """A compressed ``.npz`` (what ``np.savez_compressed`` writes, readable by ``np.load``), built
+    in memory and written atomically. Deflate level 1: entropies and ids compress nearly as well
+    as at the default level 6, several times faster, and this runs inside the training step."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, array in arrays.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
 

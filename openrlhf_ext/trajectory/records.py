@@ -177,7 +177,9 @@ def build_record(
     """
     n_prompt = len(prompt_ids)
     full_texts = token_texts(tokenizer, list(prompt_ids) + list(response_ids))
-    pure_texts = token_texts(tokenizer, list(response_ids))
+    # With a prompt, the response's own decode can differ at the boundary (a character split
+    # across it, a SentencePiece leading space), so it is decoded on its own.
+    pure_texts = token_texts(tokenizer, list(response_ids)) if n_prompt else full_texts
 
     def response_token(text, j, tid):
         return {

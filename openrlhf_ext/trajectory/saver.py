@@ -35,7 +35,7 @@ class TrajectorySaver:
         >>> args = parser.parse_args(["--save_trajectories", "--mark_high_entropy_tokens",
         ...                           "--save_path", "runs/demo"])                 # doctest: +SKIP
         >>> saver = TrajectorySaver.from_args(args, tokenizer)                     # doctest: +SKIP
-        >>> saver.save_step(global_step, experiences)   # once per step, every response of it
+        >>> saver.save_step(global_step, experiences)   # doctest: +SKIP
         {'global_step': 1, 'file': 'trajectories_step_1.json', 'num_saved': 10, ...}
     """
 

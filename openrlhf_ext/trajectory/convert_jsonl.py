@@ -1,0 +1,165 @@
+"""Read per-step rollout JSONL dumps (one JSON object a line with `input`, `output`, `score`, `step`).
+
+This is the shape trainers such as verl write with a rollout data dir: `<step>.jsonl` files of
+text only, no token ids and no entropy. The viewer shows such records unmarked.
+
+Tokens: the text is cut into word-ish chunks, each chunk being a run of spaces/tabs followed by a
+run of non-space characters (" answer", " 84."), a newline on its own, or a trailing run of
+spaces. That is how BPE tokens look in the viewer (a leading space, then the word), it keeps every
+word hoverable, and the chunks join back to the exact text. A single token per text would render
+the same characters but leave nothing to point at.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Iterator
+
+from openrlhf_ext.trajectory.convert_npz import ConvertError
+
+# Spaces/tabs + a word, or one newline, or other whitespace: every character matches exactly one
+# alternative, so "".join(chunks) == text.
+_CHUNK_RE = re.compile(r"[^\S\n]*\S+|\n|[^\S\n]+")
+REQUIRED_FIELDS = ("input", "output", "score", "step")
+
+
+def word_chunks(text: str) -> list[str]:
+    """Split `text` into viewer tokens that join back to it.
+
+    Example:
+        >>> word_chunks("12 * 7 = 84.\\nThe answer")
+        ['12', ' *', ' 7', ' =', ' 84.', '\\n', 'The', ' answer']
+    """
+    return _CHUNK_RE.findall(text)
+
+
+def find_jsonl_files(src: Path) -> list[Path]:
+    """The rollout JSONL files of `src` (a file, or a folder's *.jsonl but our manifest.jsonl),
+    in natural order (2.jsonl before 10.jsonl)."""
+    if src.is_file():
+        return [src]
+    files = [p for p in src.iterdir() if p.is_file() and p.suffix == ".jsonl" and p.name != "manifest.jsonl"]
+
+    def natural(p: Path):
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
+
+    return sorted(files, key=natural)
+
+
+def looks_like_rollout_jsonl(path: Path) -> bool:
+    """True when the first non-empty line of `path` is an object with the rollout fields."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    return isinstance(row, dict) and all(k in row for k in REQUIRED_FIELDS)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return False
+
+
+def _check_row(row, path: Path, line_no: int) -> dict:
+    where = f"{path}:{line_no}"
+    if not isinstance(row, dict):
+        raise ConvertError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    missing = [k for k in REQUIRED_FIELDS if k not in row]
+    if missing:
+        raise ConvertError(f"{where}: missing field(s) {', '.join(missing)} (a rollout line needs {', '.join(REQUIRED_FIELDS)})")
+    for key in ("input", "output"):
+        if not isinstance(row[key], str):
+            raise ConvertError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
+    step = row["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ConvertError(f"{where}: field 'step' must be a non-negative integer, got {step!r}")
+    score = row["score"]
+    if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
+        raise ConvertError(f"{where}: field 'score' must be a number or null, got {score!r}")
+    return row
+
+
+def read_jsonl_steps(path: Path) -> Iterator[tuple[int, list[dict]]]:
+    """(step, rows) for each step in one JSONL file, in order of first appearance.
+
+    A broken line raises ConvertError naming `path:line`. Non-finite numbers (NaN) are accepted
+    as Python's json reads them and written as null later.
+    """
+    by_step: dict[int, list[dict]] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ConvertError(f"{path}:{line_no}: not valid JSON: {error}") from error
+                row = _check_row(row, path, line_no)
+                by_step.setdefault(row["step"], []).append(row)
+    except UnicodeDecodeError as error:
+        raise ConvertError(f"{path}: not UTF-8 text: {error}") from error
+    except OSError as error:
+        raise ConvertError(f"{path}: cannot read: {error}") from error
+    yield from by_step.items()
+
+
+LABEL_FIELDS = ("label", "gts", "ground_truth", "answer")
+
+
+def _text_token(text: str, prompt: bool = False) -> dict:
+    token = {"text": text, "high_entropy": False, "entropy_score": None}
+    if prompt:
+        token["prompt"] = True
+    return token
+
+
+def _finite_number(value):
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def jsonl_step_records(step: int, rows: list[dict], limit: int | None = None):
+    """(records iterator, step_info) of one step of rollout JSONL lines.
+
+    The records have the keys build_record writes, but no ids, entropies or marks (a text dump
+    has none, and build_record works from token ids). Lines with the same `input` form a prompt
+    group (`group_index`); a `label`/`gts`/`ground_truth`/`answer` field becomes `label`; other
+    scalar fields go into `info`.
+    """
+    kept = rows if limit is None else rows[:limit]
+    groups: dict[str, int] = {}
+    group_of = [groups.setdefault(row["input"], len(groups)) for row in rows]
+
+    def records():
+        for index, row in enumerate(kept):
+            prompt_tokens = [_text_token(t, prompt=True) for t in word_chunks(row["input"])]
+            tokens = [_text_token(t) for t in word_chunks(row["output"])]
+            info = {
+                k: (_finite_number(v) if isinstance(v, float) else v)
+                for k, v in row.items()
+                if k not in REQUIRED_FIELDS and k not in LABEL_FIELDS and isinstance(v, (str, int, float, bool))
+            }
+            info["reward"] = _finite_number(row["score"])
+            info["response_length"] = len(tokens)
+            label = next((row[k] for k in LABEL_FIELDS if isinstance(row.get(k), str)), None)
+            yield {
+                "global_step": step,
+                "experience_index": 0,
+                "sample_in_exp": index,
+                "generated_tokens": prompt_tokens + tokens,
+                "pure_generated_tokens": tokens,
+                "generated_text": row["input"] + row["output"],
+                "pure_generated_text": row["output"],
+                "advantages": None,
+                "return": None,
+                "info": info,
+                "prompt_text": row["input"],
+                "label": label,
+                "group_index": group_of[index],
+                "high_entropy_threshold": None,
+                "high_entropy_token_ratio": None,
+            }
+
+    rewards = [_finite_number(r["score"]) for r in rows]
+    return records(), {"threshold": None, "rewards": rewards, "num_responses": len(rows)}

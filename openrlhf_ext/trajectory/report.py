@@ -1,0 +1,391 @@
+"""One-file HTML reports: the viewer page with the chosen steps' trajectories embedded.
+
+`openrlhf-traj report PATH... -o report.html` reads trajectory files (FORMAT.md), keeps the chosen
+steps, and renders `templates/report.html.j2`: the viewer file itself (found at run time by
+`find_viewer_html`, so the report runs exactly the viewer's code) with the data in the viewer's
+embedded-data hook
+
+    <script type="application/json" id="embedded-trajectories">
+      {"files": [{"name": "trajectories_step_3.json", "encoding": "json" | "gzip-base64",
+                  "data": <records array> | <base64 of the gzip bytes of the JSON array>}],
+       "title": "optional"}
+    </script>
+
+It goes at the end of the viewer's <head>, before the viewer's script reads it. When one run
+folder is given, its manifest.jsonl and summary.json go in too (the viewer's over-steps charts).
+The JSON is escaped for a script block (`script_safe_json`), so a token text such as
+`</script><script>alert(1)</script>` or `<!--` stays data. The page needs no network.
+
+Example:
+    >>> from openrlhf_ext.trajectory.report import write_report
+    >>> info = write_report(["runs/exp1/trajectories"], "report.html", steps="1,5,10-20",
+    ...                     max_trajectories_per_step=8, gzip_data=True, title="exp1")  # doctest: +SKIP
+    >>> info["files"], info["size_bytes"]  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import os
+import re
+import sys
+import warnings
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+
+from openrlhf_ext.trajectory.files import (
+    atomic_write_bytes,
+    dumps_strict_json,
+    load_trajectories,
+    resolve_step_files,
+)
+
+VIEWER_FILE_NAME = "render_trajectories.html"
+# A report above this many bytes gets a warning: browsers parse it slowly and it is awkward to share.
+LARGE_REPORT_BYTES = 20 * 1024 * 1024
+# trajectories_step_12.json, and other tools' names such as other_tool_trajectories_step_20.json.
+_STEP_FILE_RE = re.compile(r"(?:^|_)step_(\d+)\.json(?:\.gz)?$")
+
+
+class ReportError(Exception):
+    """A report cannot be made (no viewer, no matching files); the message says why and what to do."""
+
+
+class LargeReportWarning(UserWarning):
+    """The report is larger than `LARGE_REPORT_BYTES`; the message says how to make it smaller."""
+
+
+# ----------------------------------------------------------------------------- step selection
+
+def parse_steps(spec: str | None) -> set[int] | None:
+    """Parse a step selection such as "1,5,10-20" into a set of steps; None or "" means all steps.
+
+    Example:
+        >>> sorted(parse_steps("1,5,10-12"))
+        [1, 5, 10, 11, 12]
+    """
+    if spec is None or not spec.strip():
+        return None
+    steps: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
+        if not match:
+            raise ValueError(f"bad step selection {part!r} in {spec!r}: expected e.g. 1,5,10-20")
+        first = int(match.group(1))
+        last = int(match.group(2)) if match.group(2) is not None else first
+        if last < first:
+            raise ValueError(f"bad step range {part!r} in {spec!r}: the end is before the start")
+        steps.update(range(first, last + 1))
+    return steps
+
+
+# ----------------------------------------------------------------------------- the viewer file
+
+def _repo_viewer_path() -> Path:
+    # openrlhf_ext/trajectory/report.py -> <repo>/viewer/render_trajectories.html (a checkout or
+    # an editable install).
+    return Path(__file__).resolve().parents[2] / "viewer" / VIEWER_FILE_NAME
+
+
+def find_viewer_html(explicit: str | os.PathLike | None = None) -> tuple[str, str]:
+    """Return (html, where) of the viewer page that reports embed.
+
+    Looks, in order, at `explicit` (--viewer), the repository's `viewer/render_trajectories.html`
+    (the source of truth in a checkout), and the copy packaged as
+    `openrlhf_ext/assets/render_trajectories.html` (an installed wheel). Raises ReportError naming
+    every place it looked.
+    """
+    looked: list[str] = []
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ReportError(f"viewer file {path} does not exist")
+        return path.read_text(encoding="utf-8"), str(path)
+    repo_path = _repo_viewer_path()
+    looked.append(str(repo_path))
+    if repo_path.is_file():
+        return repo_path.read_text(encoding="utf-8"), str(repo_path)
+    try:
+        asset = resources.files("openrlhf_ext").joinpath("assets").joinpath(VIEWER_FILE_NAME)
+        looked.append(str(asset))
+        if asset.is_file():
+            return asset.read_text(encoding="utf-8"), str(asset)
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        pass
+    raise ReportError(
+        "cannot find the viewer page the report embeds; looked at: " + ", ".join(looked)
+        + ". Run from a checkout that has viewer/render_trajectories.html, reinstall the package,"
+        " or pass --viewer PATH."
+    )
+
+
+def _split_for_hook(html: str) -> tuple[str, str]:
+    # The viewer reads the hook when its script runs, so the data must come before that script:
+    # at the end of <head> (a JSON script element is valid there), or before the first <script>
+    # when that comes earlier.
+    lower = html.lower()
+    places = [i for i in (lower.find("</head>"), lower.find("<script")) if i >= 0]
+    if not places:
+        return html, ""
+    index = min(places)
+    return html[:index], html[index:]
+
+
+# ----------------------------------------------------------------------------- embedding
+
+_SCRIPT_ESCAPES = {
+    "<": "\\u003c",  # no "</script>" and no "<!--" can appear inside the block
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",  # line separators: valid in JSON, not in older JS string literals
+    "\u2029": "\\u2029",
+}
+_SCRIPT_ESCAPE_RE = re.compile("[<>&\u2028\u2029]")
+
+
+def script_safe_json(obj) -> str:
+    """Strict JSON of `obj` that is safe inside <script type="application/json">.
+
+    These characters only occur inside JSON strings, where \\uXXXX is the same character to
+    JSON.parse, so the data is unchanged while the HTML parser never sees a tag or comment start.
+
+    Example:
+        >>> script_safe_json({"text": "</script><!--"})
+        '{"text":"\\\\u003c/script\\\\u003e\\\\u003c!--"}'
+    """
+    text = dumps_strict_json(obj).decode("utf-8")
+    return _SCRIPT_ESCAPE_RE.sub(lambda m: _SCRIPT_ESCAPES[m.group(0)], text)
+
+
+def _embedded_file(name: str, data, gzip_data: bool) -> dict:
+    """One entry of the hook's "files": `data` is a records array, or a file's text (manifest
+    .jsonl / summary.json), which the viewer parses as if the file had been picked."""
+    if not gzip_data:
+        return {"name": name, "encoding": "json", "data": data}
+    raw = data.encode("utf-8") if isinstance(data, str) else dumps_strict_json(data)
+    # mtime=0: the same data gives the same report bytes.
+    packed = gzip.compress(raw, compresslevel=9, mtime=0)
+    return {"name": name, "encoding": "gzip-base64", "data": base64.b64encode(packed).decode("ascii")}
+
+
+# ----------------------------------------------------------------------------- input files
+
+def _step_of_name(path: Path) -> int | None:
+    match = _STEP_FILE_RE.search(path.name)
+    return int(match.group(1)) if match else None
+
+
+def find_step_files(paths) -> list[tuple[int | None, Path]]:
+    """(step, file) for every trajectory file named by `paths`, sorted by step.
+
+    A path is a step file (kept even when its name holds no step: its records say), a
+    trajectories folder, or a run's save_path holding trajectories/ (the core's
+    resolve_step_files)."""
+    found: list[tuple[int | None, Path]] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ReportError(f"{path}: no such file or folder")
+        try:
+            files = resolve_step_files(path)
+        except FileNotFoundError as error:
+            raise ReportError(str(error)) from error
+        found.extend((_step_of_name(p), p) for p in files)
+    return sorted(found, key=lambda item: (item[0] is None, item[0] or 0, str(item[1])))
+
+
+def _run_metadata(paths) -> list[tuple[str, str]]:
+    """(name, text) of manifest.jsonl and summary.json when exactly one run folder is given.
+
+    With several folders they would mix steps of different runs in the viewer, so they stay out.
+    The texts go in unparsed (the viewer reports a broken line itself); a file that is not UTF-8
+    is left out with a warning."""
+    folders = [Path(p) for p in paths if Path(p).is_dir()]
+    if len(folders) != 1:
+        return []
+    folder = resolve_step_files(folders[0])[0].parent  # a save_path's trajectories/ too
+    out = []
+    for name in ("manifest.jsonl", "summary.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                out.append((name, path.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError) as error:
+                warnings.warn(f"{path}: left out of the report: {error}", stacklevel=3)
+    return out
+
+
+def _unique_names(files: list[Path]) -> list[str]:
+    # The viewer lists files by name; two runs' trajectories_step_3.json get their folder prefixed.
+    # A .json.gz file is embedded as its JSON (re-serialised), so it loses the .gz.
+    names = [p.name[: -len(".gz")] if p.name.endswith(".gz") else p.name for p in files]
+    duplicated = {n for n in names if names.count(n) > 1}
+    return [f"{p.parent.name}/{n}" if n in duplicated else n for p, n in zip(files, names)]
+
+
+def build_report(
+    paths,
+    steps: str | set[int] | None = None,
+    max_trajectories_per_step: int | None = None,
+    gzip_data: bool = False,
+    title: str | None = None,
+    viewer: str | os.PathLike | None = None,
+    include_run_files: bool = True,
+) -> tuple[str, dict]:
+    """Render the report page; returns (html, info) with info's `files`, `num_records`, `viewer`.
+
+    `steps`: "1,5,10-20" or a set; `max_trajectories_per_step`: keep the first N records of each
+    file; `gzip_data`: embed each file gzip-compressed (the page inflates it with
+    DecompressionStream), typically 5-10x smaller; `include_run_files`: with one run folder,
+    embed its manifest.jsonl and summary.json too (the viewer's charts over steps).
+    """
+    if max_trajectories_per_step is not None and max_trajectories_per_step < 1:
+        raise ValueError("max_trajectories_per_step must be at least 1")
+    wanted = parse_steps(steps) if isinstance(steps, str) or steps is None else set(steps)
+    viewer_html, viewer_where = find_viewer_html(viewer)
+
+    chosen: list[tuple[Path, list]] = []
+    for step, path in find_step_files(paths):
+        if wanted is not None and step is not None and step not in wanted:
+            continue  # skipped without reading it
+        records = load_trajectories(path)
+        if wanted is not None and step is None:
+            # No step in the name: decide by the records' own global_step.
+            if not records or records[0].get("global_step") not in wanted:
+                continue
+        if max_trajectories_per_step is not None:
+            records = records[:max_trajectories_per_step]
+        chosen.append((path, records))
+    if not chosen:
+        raise ReportError(
+            "no trajectory files matched" + (f" --steps {steps}" if steps else "")
+            + " in " + ", ".join(str(p) for p in paths)
+        )
+
+    names = _unique_names([path for path, _ in chosen])
+    entries = [_embedded_file(n, r, gzip_data) for n, (_, r) in zip(names, chosen)]
+    if include_run_files:
+        entries += [_embedded_file(n, text, gzip_data) for n, text in _run_metadata(paths)]
+    payload: dict = {"files": entries}
+    if title:
+        payload["title"] = title
+
+    head, tail = _split_for_hook(viewer_html)
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("openrlhf_ext.trajectory", "templates"),
+        # No HTML autoescape: the viewer is inserted verbatim and the data is escaped for its
+        # script-block context by script_safe_json (HTML-escaping would corrupt the JSON).
+        autoescape=False,
+    )
+    html = env.get_template("report.html.j2").render(
+        viewer_head=head, viewer_tail=tail, embedded_json=script_safe_json(payload)
+    )
+    info = {
+        "files": [entry["name"] for entry in entries],
+        "num_records": sum(len(r) for _, r in chosen),
+        "viewer": viewer_where,
+    }
+    return html, info
+
+
+def write_report(paths, output, warn_bytes: int | None = None, **kwargs) -> dict:
+    """Build the report (see build_report) and write it atomically to `output`.
+
+    Warns with LargeReportWarning when it is over `warn_bytes` (default LARGE_REPORT_BYTES,
+    20 MiB). Returns info with `size_bytes`.
+    """
+    if warn_bytes is None:
+        warn_bytes = LARGE_REPORT_BYTES
+    html, info = build_report(paths, **kwargs)
+    data = html.encode("utf-8")
+    info["size_bytes"] = len(data)
+    if len(data) > warn_bytes:
+        hints = []
+        if not kwargs.get("gzip_data"):
+            hints.append("--gzip (embed compressed, typically 5-10x smaller)")
+        hints.append("--max_trajectories_per_step N (fewer trajectories per step)")
+        hints.append("--steps 1,5,10-20 (fewer steps)")
+        warnings.warn(
+            f"{output}: the report is {_human_size(len(data))} (over {_human_size(warn_bytes)}); "
+            "browsers open it slowly and it is awkward to share. To make it smaller use "
+            + ", ".join(hints) + ".",
+            LargeReportWarning,
+            stacklevel=2,
+        )
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output, data)
+    return info
+
+
+def _human_size(num_bytes: int) -> str:
+    return f"{num_bytes / 2**20:.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 1024:.1f} KiB"
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def run_report(args: argparse.Namespace) -> int:
+    """Handler of `openrlhf-traj report`."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", LargeReportWarning)
+        warnings.showwarning = _print_warning
+        try:
+            info = write_report(
+                args.paths,
+                args.output,
+                steps=args.steps,
+                max_trajectories_per_step=args.max_trajectories_per_step,
+                gzip_data=args.gzip,
+                title=args.title,
+                viewer=args.viewer,
+                include_run_files=not args.no_run_files,
+            )
+        except (ReportError, ValueError) as error:
+            print(f"openrlhf-traj report: error: {error}", file=sys.stderr)
+            return 2
+    print(
+        f"wrote {args.output}: {len(info['files'])} file(s), {info['num_records']} trajectories, "
+        f"{_human_size(info['size_bytes'])}"
+    )
+    return 0
+
+
+def _print_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"openrlhf-traj report: warning: {message}", file=sys.stderr)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `report` on the openrlhf-traj CLI (`subparsers` from add_subparsers())."""
+    parser = subparsers.add_parser(
+        "report",
+        help="write one HTML file holding the viewer and the chosen steps' trajectories",
+        description="Write one self-contained HTML file (the viewer plus the data) that opens "
+        "from disk with no network. Example: openrlhf-traj report runs/exp1/trajectories "
+        "-o report.html --steps 1,5,10-20 --max_trajectories_per_step 8 --gzip",
+    )
+    parser.add_argument("paths", nargs="+", help="trajectory files or run folders (trajectories/)")
+    parser.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    parser.add_argument("--steps", default=None, help="steps to include, e.g. 1,5,10-20 (default: all)")
+    parser.add_argument(
+        "--max_trajectories_per_step", type=int, default=None,
+        help="keep only the first N trajectories of each step (default: all)",
+    )
+    parser.add_argument(
+        "--gzip", action="store_true",
+        help="embed the data gzip-compressed (decompressed in the page); much smaller files",
+    )
+    parser.add_argument("--title", default=None, help="title shown by the viewer")
+    parser.add_argument(
+        "--viewer", default=None,
+        help="viewer HTML to embed (default: the repository's viewer/render_trajectories.html "
+        "or the packaged copy)",
+    )
+    parser.add_argument(
+        "--no_run_files", action="store_true",
+        help="do not embed the run folder's manifest.jsonl and summary.json",
+    )
+    parser.set_defaults(func=run_report)
+    return parser

@@ -1,0 +1,62 @@
+"""Browser fixtures for the viewer tests: one Chromium per session, a fresh page per test.
+
+Debian's `chromium` is driven by Playwright for Python (Playwright's own browser download does not
+work offline). The tests skip only when no `chromium` is on PATH, and fail instead when
+OPENRLHF_EXT_REQUIRE_BROWSER=1 (set by .ci/run, which installs it with apt).
+"""
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+VIEWER = Path(__file__).resolve().parents[2] / "viewer" / "render_trajectories.html"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    exe = shutil.which("chromium")
+    if not exe:
+        # CI (.ci/run) installs chromium and sets this: there a missing browser is a failure.
+        if os.environ.get("OPENRLHF_EXT_REQUIRE_BROWSER") == "1":
+            pytest.fail("OPENRLHF_EXT_REQUIRE_BROWSER=1 but chromium is not on PATH")
+        pytest.skip("Debian's chromium is not on PATH (apt-get install -y chromium)")
+    from playwright.sync_api import sync_playwright   # a test dependency: missing it is an error, not a skip
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    pg = ctx.new_page()
+    pg.errors = []
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    yield pg
+    ctx.close()
+
+
+@pytest.fixture
+def viewer(page):
+    """The viewer opened from its file; `viewer.load(*paths)` picks files through the real input."""
+    page.goto(VIEWER.as_uri())
+
+    def load(*paths, selector="#file-input", wait=True):
+        page.set_input_files(selector, [str(p) for p in paths])
+        if wait:
+            # Polled from here: wait_for_function would eval() a string, which the page's CSP forbids.
+            for _ in range(600):
+                if page.evaluate("() => window.__viewer.timings.loadEnd > (window.__lastLoad || 0)"):
+                    break
+                page.wait_for_timeout(25)
+            else:
+                raise TimeoutError("the viewer did not finish loading")
+            page.evaluate("() => { window.__lastLoad = window.__viewer.timings.loadEnd; }")
+    page.load = load
+    yield page
+    assert page.errors == [], page.errors     # no uncaught exception in the page, whatever the test did

@@ -1,0 +1,91 @@
+"""Builders of trajectory files in the shape of shared/FORMAT.md, for the viewer's browser tests.
+
+The tests write their own files: a step is a list of responses, each a list of
+(text, entropy) pairs; the high-entropy marks are computed like the saver does (top ratio of the
+step's finite entropies, ties at the threshold all marked).
+"""
+import gzip
+import json
+import math
+import re
+
+
+def mark_step(records, ratio=0.2):
+    """Sets `high_entropy` on every response token of the step's records; returns the threshold."""
+    ents = [t["entropy_score"] for r in records for t in r["pure_generated_tokens"]
+            if isinstance(t.get("entropy_score"), (int, float)) and math.isfinite(t["entropy_score"])]
+    if not ents:
+        return None
+    k = max(1, math.ceil(round(ratio * len(ents), 9)))
+    tau = sorted(ents, reverse=True)[k - 1]
+    for r in records:
+        r["high_entropy_threshold"] = tau
+        r["high_entropy_token_ratio"] = ratio
+        for toks in (r["generated_tokens"], r["pure_generated_tokens"]):
+            for t in toks:
+                e = t.get("entropy_score")
+                t["high_entropy"] = bool(not t.get("prompt") and isinstance(e, (int, float)) and e >= tau)
+    return tau
+
+
+def make_record(step, index, prompt, response, *, group_index=None, reward=0.0, advantages=0.0,
+                ret=0.0, info=None, sample_in_exp=None):
+    """prompt: list of token texts; response: list of (text, entropy) or (text, entropy, logprob)."""
+    prompt_toks = [{"text": t, "high_entropy": False, "entropy_score": None, "prompt": True, "id": 1000 + i}
+                   for i, t in enumerate(prompt)]
+    resp_toks = []
+    for i, item in enumerate(response):
+        text, ent = item[0], item[1]
+        tok = {"text": text, "high_entropy": False, "entropy_score": ent, "id": 2000 + i}
+        if len(item) > 2:
+            tok["logprob"] = item[2]
+        resp_toks.append(tok)
+    rec = {
+        "global_step": step,
+        "experience_index": 0,
+        "sample_in_exp": index if sample_in_exp is None else sample_in_exp,
+        "generated_tokens": prompt_toks + [dict(t) for t in resp_toks],
+        "pure_generated_tokens": resp_toks,
+        "generated_text": "".join(prompt) + "".join(r[0] for r in response),
+        "pure_generated_text": "".join(r[0] for r in response),
+        "prompt_text": "".join(prompt),
+        "advantages": advantages,
+        "return": ret,
+        "info": {"reward": reward, "response_length": len(response), **(info or {})},
+    }
+    if group_index is not None:
+        rec["group_index"] = group_index
+    return rec
+
+
+def write_json(path, obj, gz=False, **kw):
+    data = json.dumps(obj, **kw).encode("utf-8")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def math_step(step, n_groups=2, per_group=3, seed=0):
+    """A small realistic step: GRPO groups of math answers with varied entropies."""
+    import random
+    rnd = random.Random(seed + step)
+    prompts = ["Solve: 12*7 = ?\n", "What is 15 + 27?\n", "Compute 9 squared.\n", "Is 91 prime?\n"]
+    words = ["Let", " me", " think", ".", " The", " answer", " is", " 84", ".", "\n", "Wait", ",",
+             " so", " 12", " *", " 7", " =", " 60", " +", " 24", "\t", "", " therefore", " we", " get"]
+    records = []
+    idx = 0
+    for g in range(n_groups):
+        prompt = prompts[g % len(prompts)]
+        ptoks = re.findall(r" ?[^\s]+|\n", prompt)
+        for j in range(per_group):
+            n = rnd.randint(25, 60)
+            resp = []
+            for _ in range(n):
+                w = rnd.choice(words)
+                e = round(rnd.random() ** 2 * 3.0, 4)
+                resp.append((w, e, round(-e * 0.4 - 0.01, 4)))
+            records.append(make_record(step, idx, ptoks, resp, group_index=g,
+                                       reward=float(rnd.random() > 0.5), advantages=round(rnd.uniform(-1, 1), 4),
+                                       ret=round(rnd.uniform(-1, 1), 4), info={"kl": round(rnd.random() * 0.01, 5), "truncated": False}))
+            idx += 1
+    mark_step(records, 0.2)
+    return records
