@@ -84,11 +84,20 @@ def print_summary(args, history: list[dict], saver, seconds: float) -> None:
     print(f"Model saved to {os.path.abspath(args.save_path)}")
     if saver is not None:
         d = os.path.abspath(trajectory_dir(args))
-        viewer = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "viewer",
-                                              "render_trajectories.html"))
-        print(f"Trajectories are in {d}\n"
-              f"  open them: {viewer} in a browser, then choose the files of that folder\n"
-              f"  summarize: openrlhf-traj stats {d}")
+        print(f"Trajectories are in {d}")
+        print(f"  open them: {viewer_path()} in a browser, then pick that folder (or drop it on the page)")
+        print(f"  summarize: openrlhf-traj stats {d}")
+        print(f"  share:     openrlhf-traj report {d} -o report.html   (one self-contained HTML file)")
+
+
+def viewer_path() -> str:
+    """Where the viewer page is: the checkout's viewer/ folder, or the copy in an installed wheel."""
+    try:
+        from openrlhf_ext.trajectory.report import find_viewer_html
+
+        return os.path.abspath(find_viewer_html()[1])
+    except Exception:  # the pointer is a courtesy; never fail a finished run over it
+        return "viewer/render_trajectories.html"
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ def test_main_command_on_the_embedded_model(tmp_path):
     text = out.stdout
     traj = os.path.abspath(save / "trajectories")
     assert f"Trajectories are in {traj}" in text
-    assert "render_trajectories.html" in text and f"openrlhf-traj stats {traj}" in text
+    viewer = os.path.join(REPO, "viewer", "render_trajectories.html")
+    assert f"open them: {viewer}" in text and os.path.isfile(viewer)
+    assert f"openrlhf-traj stats {traj}" in text
     assert "step 2/2 | reward" in text  # the one-line step summary
     from openrlhf_ext.trajectory import load_trajectories
 
