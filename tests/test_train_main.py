@@ -27,6 +27,10 @@ def test_main_command_on_the_embedded_model(tmp_path):
     assert f"open them: {viewer}" in text and os.path.isfile(viewer)
     assert f"openrlhf-traj stats {traj}" in text
     assert "step 2/2 | reward" in text  # the one-line step summary
+    # the files pass the format's own validator, as a user would run it
+    check = subprocess.run([sys.executable, "-m", "openrlhf_ext.trajectory", "validate", traj], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
     from openrlhf_ext.trajectory import load_trajectories
 
     records = load_trajectories(traj)
