@@ -1,1 +1,1 @@
-"""utils"""
+"""Utilities: step logging (tqdm, console, TensorBoard, W&B)."""

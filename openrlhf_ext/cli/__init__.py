@@ -1,0 +1,1 @@
+"""Command-line entry points: the trainer's flags (`train_args`)."""
