@@ -14,14 +14,16 @@ from .texts import token_texts
 class StepBatch:
     """Every response of one step, flattened over experiences and padded to one width.
 
-    R responses, A the widest response, P the widest prompt.
+    R responses, A the widest response, P the widest prompt. Token ids stay in arrays; python lists
+    are made only for the responses that get saved (``prompt_ids(i)``, ``response_ids(i)``).
     """
 
-    prompt_ids: list  # R lists of prompt token ids (left padding removed)
-    response_ids: list  # R lists of response token ids (padding after the end removed)
+    prompt_tokens: np.ndarray  # (R, P) prompt token ids, left-padded
+    prompt_mask: np.ndarray  # (R, P) bool, true on real prompt tokens
+    responses: np.ndarray  # (R, A) response token ids, right-padded
+    mask: torch.Tensor  # (R, A) bool, true on real response tokens
     entropy: torch.Tensor  # (R, A) entropy of the sampling distribution, NaN where unknown
     log_probs: torch.Tensor  # (R, A) log-prob of the sampled token under the rollout policy, NaN where unknown
-    mask: torch.Tensor  # (R, A) bool, true on real response tokens
     advantages: np.ndarray  # (R,) mean advantage over the response tokens
     returns: np.ndarray  # (R,) mean return over the response tokens
     rewards: np.ndarray  # (R,)
@@ -31,6 +33,15 @@ class StepBatch:
     group: list  # R ints: the prompt group (same prompt), numbered in order of first appearance
     labels: list  # R labels or None
     prompts: list  # R prompt strings or None
+
+    def __len__(self) -> int:
+        return self.responses.shape[0]
+
+    def prompt_ids(self, i: int) -> list:
+        return self.prompt_tokens[i][self.prompt_mask[i]].tolist()
+
+    def response_ids(self, i: int) -> list:
+        return self.responses[i][self.mask[i].numpy()].tolist()
 
 
 def _rows(value, n: int, what: str) -> list:
@@ -63,27 +74,26 @@ def collect_step(experiences) -> StepBatch:
     """Flatten a step's experiences into one ``StepBatch`` (the layout the saver works on)."""
     parts = []
     for e_idx, exp in enumerate(experiences):
-        seqs = exp.sequences.detach().cpu()  # (B, S) prompt (left-padded) then response
+        seqs = exp.sequences.detach().cpu().numpy()  # (B, S) prompt (left-padded) then response
         action_mask = exp.action_mask.detach().cpu().bool()  # (B, A)
         b, a = action_mask.shape
         attn = getattr(exp, "attention_mask", None)
-        attn = torch.ones_like(seqs, dtype=torch.bool) if attn is None else attn.detach().cpu().bool()  # (B, S)
+        attn = np.ones(seqs.shape, dtype=bool) if attn is None else attn.detach().cpu().bool().numpy()  # (B, S)
         ent = getattr(exp, "action_entropy", None)
         ent = torch.full((b, a), float("nan")) if ent is None else ent.detach().float().cpu()  # (B, A)
         lp = getattr(exp, "action_log_probs", None)
         lp = torch.full((b, a), float("nan")) if lp is None else lp.detach().float().cpu()  # (B, A)
         info = getattr(exp, "info", None) or {}
         info_rows = {k: _rows(v, b, f"info[{k!r}]") for k, v in info.items()}
-        prompt_part, response_part = seqs[:, :-a] if a else seqs, seqs[:, seqs.shape[1] - a :]
-        prompt_ids = [row[m].tolist() for row, m in zip(prompt_part, attn[:, : prompt_part.shape[1]])]
-        response_ids = [row[m].tolist() for row, m in zip(response_part, action_mask)]
+        p_len = seqs.shape[1] - a
         groups = _rows(getattr(exp, "group_index", None), b, "group_index")
-        if all(g is None for g in groups):
-            groups = [tuple(p) for p in prompt_ids]  # same prompt ids = same prompt group
+        if all(g is None for g in groups):  # same prompt ids = same prompt group
+            groups = [row[m].tobytes() for row, m in zip(seqs[:, :p_len], attn[:, :p_len])]
         parts.append(
             dict(
-                prompt_ids=prompt_ids,
-                response_ids=response_ids,
+                prompt_tokens=seqs[:, :p_len],
+                prompt_mask=attn[:, :p_len],
+                responses=seqs[:, p_len:],
                 entropy=ent,
                 log_probs=lp,
                 mask=action_mask,
@@ -97,27 +107,35 @@ def collect_step(experiences) -> StepBatch:
                 prompts=_rows(getattr(exp, "prompts", None), b, "prompts"),
             )
         )
-    width = max((p["mask"].shape[1] for p in parts), default=0)
+    if not parts:
+        empty = torch.zeros(0, 0)
+        no_ids = np.zeros((0, 0), dtype=np.int64)
+        return StepBatch(no_ids, no_ids.astype(bool), no_ids, empty.bool(), empty, empty,
+                         np.zeros(0), np.zeros(0), np.zeros(0), [], [], [], [], [], [])
+    width = max(p["mask"].shape[1] for p in parts)
+    p_width = max(p["prompt_tokens"].shape[1] for p in parts)
 
-    def pad(t, fill):
+    def pad(t, fill):  # right-pad a (B, a) tensor to (B, width)
         return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=fill)
+
+    def pad_np(x, to, left=False):
+        extra = to - x.shape[1]
+        return np.pad(x, ((0, 0), (extra, 0) if left else (0, extra)))
 
     def cat_list(key):
         return [x for p in parts for x in p[key]]
 
-    if not parts:
-        empty = torch.zeros(0, 0)
-        return StepBatch([], [], empty, empty, empty.bool(), np.zeros(0), np.zeros(0), np.zeros(0), [], [], [], [], [], [])
     info = cat_list("info")
     group_number: dict = {}
     groups = [group_number.setdefault(g, len(group_number)) for g in cat_list("group")]
     rewards = np.array([_float(i.get("reward")) for i in info], dtype=np.float64)
     return StepBatch(
-        prompt_ids=cat_list("prompt_ids"),
-        response_ids=cat_list("response_ids"),
+        prompt_tokens=np.concatenate([pad_np(p["prompt_tokens"], p_width, left=True) for p in parts]),
+        prompt_mask=np.concatenate([pad_np(p["prompt_mask"], p_width, left=True) for p in parts]),
+        responses=np.concatenate([pad_np(p["responses"], width) for p in parts]),
+        mask=torch.cat([pad(p["mask"], False) for p in parts]),
         entropy=torch.cat([pad(p["entropy"], float("nan")) for p in parts]),
         log_probs=torch.cat([pad(p["log_probs"], float("nan")) for p in parts]),
-        mask=torch.cat([pad(p["mask"], False) for p in parts]),
         advantages=np.concatenate([p["advantages"] for p in parts]),
         returns=np.concatenate([p["returns"] for p in parts]),
         rewards=rewards,

@@ -139,7 +139,7 @@ class TrajectorySaver:
         entry = {
             "global_step": int(global_step),
             "file": name,
-            "num_responses": len(batch.response_ids),
+            "num_responses": len(batch),
             "num_saved": len(records),
             "num_response_tokens": int(batch.mask.sum()),
             "high_entropy_token_ratio": self.ratio if self.mark_high_entropy else None,
@@ -160,7 +160,6 @@ class TrajectorySaver:
         return high_entropy_mask(batch.entropy, batch.mask, self.ratio, scope=self.scope, group=self.group)
 
     def _record(self, batch: StepBatch, i: int, global_step: int, marks, threshold) -> dict:
-        n = len(batch.response_ids[i])
         row_mask = batch.mask[i]
         tau = threshold[i].item() if isinstance(threshold, torch.Tensor) else threshold
         return build_record(
@@ -168,11 +167,11 @@ class TrajectorySaver:
             global_step=global_step,
             experience_index=batch.experience_index[i],
             sample_in_exp=batch.sample_in_exp[i],
-            prompt_ids=batch.prompt_ids[i],
-            response_ids=batch.response_ids[i],
-            entropy=batch.entropy[i][row_mask][:n].tolist(),
-            log_probs=batch.log_probs[i][row_mask][:n].tolist(),
-            high_entropy=marks[i][row_mask][:n].tolist(),
+            prompt_ids=batch.prompt_ids(i),
+            response_ids=batch.response_ids(i),
+            entropy=batch.entropy[i][row_mask].tolist(),
+            log_probs=batch.log_probs[i][row_mask].tolist(),
+            high_entropy=marks[i][row_mask].tolist(),
             advantages=batch.advantages[i],
             returns=batch.returns[i],
             info=batch.info[i],
@@ -184,34 +183,27 @@ class TrajectorySaver:
         )
 
     def _write_trace(self, batch: StepBatch, global_step: int) -> None:
-        r = len(batch.response_ids)
-        width = max((len(x) for x in batch.response_ids), default=0)
-        responses = np.zeros((r, width), dtype=np.int32)  # (R, L)
-        response_mask = np.zeros((r, width), dtype=bool)  # (R, L)
-        entropies = np.zeros((r, width), dtype=np.float16)  # (R, L)
-        for i, ids in enumerate(batch.response_ids):
-            n = len(ids)
-            responses[i, :n] = ids
-            response_mask[i, :n] = True
-            entropies[i, :n] = batch.entropy[i][batch.mask[i]][:n].numpy()
+        mask = batch.mask.numpy()  # (R, A)
+        width = int(np.flatnonzero(mask.any(0)).max()) + 1 if mask.any() else 0
+        mask = mask[:, :width]  # (R, L) no all-padding columns at the end
         uid = np.array(batch.group, dtype=np.int32)  # (R,) prompt group
-        sample_index = np.zeros(r, dtype=np.int32)  # (R,) index inside the prompt group
+        sample_index = np.zeros(len(batch), dtype=np.int32)  # (R,) index inside the prompt group
         seen: dict = {}
-        for i, g in enumerate(uid.tolist()):
+        for i, g in enumerate(batch.group):
             sample_index[i] = seen.get(g, 0)
             seen[g] = sample_index[i] + 1
         write_npz(
             self.out_dir / "steps" / npz_file_name(global_step),
             {
-                "entropies": entropies,
-                "response_mask": response_mask,
-                "responses": responses,
-                "response_index": np.arange(r, dtype=np.int32),
-                "prompt_length": np.array([len(p) for p in batch.prompt_ids], dtype=np.int32),
+                "entropies": np.where(mask, batch.entropy.numpy()[:, :width], 0).astype(np.float16),  # (R, L)
+                "response_mask": mask,  # (R, L)
+                "responses": np.where(mask, batch.responses[:, :width], 0).astype(np.int32),  # (R, L)
+                "response_index": np.arange(len(batch), dtype=np.int32),  # (R,)
+                "prompt_length": batch.prompt_mask.sum(1).astype(np.int32),  # (R,)
                 "uid": uid,
                 "sample_index": sample_index,
-                "rewards": batch.rewards.astype(np.float32),
-                "advantages": batch.advantages.astype(np.float32),
+                "rewards": batch.rewards.astype(np.float32),  # (R,)
+                "advantages": batch.advantages.astype(np.float32),  # (R,)
             },
         )
 
