@@ -9,7 +9,7 @@
 # Cost measured on a 2-core CPU machine: see docs/training.md ("vLLM test in CI").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${1:-/tmp/openrlhf-ext-vllm-venv}"
+VENV="${1:-${OPENRLHF_EXT_VLLM_VENV:-/tmp/openrlhf-ext-vllm-venv}}"
 start=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
@@ -26,5 +26,5 @@ echo "vllm venv ready in $((installed - start)) s"
 "$PY" -c "from vllm import LLM; import vllm; print('vllm', vllm.__version__)"
 # In-process engine: starts in ~3 s instead of ~25 s, and works inside a Ray actor.
 export VLLM_ENABLE_V1_MULTIPROCESSING=0
-"$PY" -m pytest tests/test_train_vllm.py -x -q -p no:cacheprovider "${@:2}"
+"$PY" -m pytest tests/test_train_vllm.py tests/test_embedded_model_vllm.py -x -q -p no:cacheprovider "${@:2}"
 echo "vllm test total $(( $(date +%s) - start )) s (install $((installed - start)) s)"
