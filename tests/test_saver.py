@@ -163,8 +163,17 @@ def test_a_write_failure_warns_and_training_goes_on(tmp_path, tokenizer, caplog)
     saver = make_saver(tmp_path, tokenizer, "--trajectory_dir", str(blocker / "trajectories"))
     with caplog.at_level(logging.WARNING):
         assert saver.save_step(1, step_experiences(tokenizer)) is None
+        assert saver.save_step(2, step_experiences(tokenizer)) is None
     assert "step 1 not saved" in caplog.text and "--trajectory_strict" in caplog.text
-    strict = make_saver(tmp_path, tokenizer, "--trajectory_dir", str(blocker / "trajectories"), "--trajectory_strict")
+    assert "step 2" not in caplog.text  # one warning, not one per step
+    blocker.unlink()  # the disk is usable again
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert saver.save_step(3, step_experiences(tokenizer))["global_step"] == 3
+    assert "saving again from step 3, after 2 step(s)" in caplog.text
+    other_blocker = tmp_path / "also_not_a_dir"
+    other_blocker.write_text("x")
+    strict = make_saver(tmp_path, tokenizer, "--trajectory_dir", str(other_blocker / "trajectories"), "--trajectory_strict")
     with pytest.raises(OSError):
         strict.save_step(1, step_experiences(tokenizer))
 

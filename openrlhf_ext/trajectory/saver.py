@@ -111,17 +111,26 @@ class TrajectorySaver:
         if not self.should_save(global_step):
             return None
         try:
-            return self._save_step(global_step, experiences)
+            entry = self._save_step(global_step, experiences)
         except Exception as e:  # the saver must never stop training unless asked to
             if self.strict:
                 raise
             self.failures += 1
-            logger.warning(
-                "trajectory saver: step %d not saved (%s: %s); training goes on. "
-                "Use --trajectory_strict to make this fatal.",
-                global_step, type(e).__name__, e,
-            )
+            # One clear warning, not one per step: a full disk would otherwise flood the log.
+            if self.failures == 1:
+                logger.warning(
+                    "trajectory saver: step %d not saved to %s (%s: %s); training goes on and later "
+                    "failures are counted quietly. Use --trajectory_strict to make this fatal.",
+                    global_step, self.out_dir, type(e).__name__, e,
+                )
+            else:
+                logger.debug("trajectory saver: step %d not saved (%s: %s)", global_step, type(e).__name__, e)
             return None
+        if self.failures:
+            logger.warning("trajectory saver: saving again from step %d, after %d step(s) that could not be saved",
+                           global_step, self.failures)
+            self.failures = 0
+        return entry
 
     def _save_step(self, global_step: int, experiences) -> dict:
         started = time.perf_counter()
