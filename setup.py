@@ -51,7 +51,7 @@ setup(
             "ray>=2.40",
             "deepspeed>=0.16",
             "datasets>=3.0",
-            "math-verify>=0.7",
+            "math-verify[antlr4_13_2]>=0.7",
             "safetensors>=0.4",
             "tensorboard>=2.15",
         ],
