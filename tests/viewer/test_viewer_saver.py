@@ -18,9 +18,11 @@ def test_a_saved_run_folder_opens_with_its_manifest(viewer, tmp_path, tokenizer)
     # Every response reads back exactly as saved (emoji and CJK included), with the same marks.
     for i, rec in enumerate(recs):
         viewer.click(f"#list .vrow.traj[data-traj='{i}']")
-        shown = viewer.eval_on_selector(".pane .resp-block", "e => e.textContent")
-        assert shown == rec["pure_generated_text"]
-        assert viewer.locator(".pane .tok.hi").count() == sum(t["high_entropy"] for t in rec["pure_generated_tokens"])
+        # The pane of that trajectory (the locator waits for it to be drawn; with "group side by
+        # side" on, the first pane on screen may be another response of the group).
+        pane = viewer.locator(f".pane[data-traj='{i}']")
+        assert pane.locator(".resp-block").text_content() == rec["pure_generated_text"]
+        assert pane.locator(".tok.hi").count() == sum(t["high_entropy"] for t in rec["pure_generated_tokens"])
     # The charts and the histogram come from the manifest (the whole step, not just the saved ones).
     assert f"{manifest[0]['entropy']['mean']:.3f}" in viewer.inner_text("#charts")
     assert "manifest (whole step)" in viewer.inner_text("#hist-note")
