@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-# Bytes of float32 scratch per chunk. On CPU it should fit in L2 so the passes over a chunk hit the
-# cache; on CUDA the passes are memory-bound anyway, so a larger chunk just amortises launches.
+# Bytes of float32 scratch per chunk (per intra-op thread on CPU). On CPU a thread's share should
+# stay in its cache so the passes over a chunk hit it; on CUDA the passes are memory-bound anyway, so a larger chunk just amortises launches.
 _CPU_CHUNK_BYTES = 2 << 20
 _CUDA_CHUNK_BYTES = 256 << 20
 _MIN_SHIFTED_LOGIT = -87.0
@@ -74,12 +74,17 @@ def _entropy_chunked(logits: torch.Tensor, temperature: float, chunk_size: int |
     if n_rows == 0 or vocab == 0:
         return out.fill_(float("nan")).reshape(lead_shape)
     if chunk_size is None:
-        budget = _CUDA_CHUNK_BYTES if logits.is_cuda else _CPU_CHUNK_BYTES
+        # On CPU each intra-op thread takes a share of the chunk: keep ~2 MB per thread.
+        budget = _CUDA_CHUNK_BYTES if logits.is_cuda else _CPU_CHUNK_BYTES * max(1, torch.get_num_threads())
         chunk_size = max(1, budget // (4 * vocab))
     chunk_size = min(chunk_size, n_rows)
     z_buf = torch.empty(chunk_size, vocab, dtype=torch.float32, device=logits.device)  # (C, V) shifted logits
     p_buf = torch.empty_like(z_buf)  # (C, V) exp(z), then exp(z) * z
+    row_max = torch.empty(n_rows, 1, dtype=torch.float32, device=logits.device)  # (N, 1) max logit
+    sum_exp = torch.empty(n_rows, dtype=torch.float32, device=logits.device)  # (N,) sum e^z, in [1, V]
     inv_t = 1.0 / temperature
+    # Only the passes over the (C, V) chunk run in the loop, writing into per-row buffers; the
+    # per-row arithmetic runs once after it (small ops per chunk are what cost on a busy CPU).
     for start in range(0, n_rows, chunk_size):
         stop = min(start + chunk_size, n_rows)
         c = stop - start
@@ -87,21 +92,21 @@ def _entropy_chunked(logits: torch.Tensor, temperature: float, chunk_size: int |
         z.copy_(rows[start:stop])  # upcast into the reused buffer
         if temperature != 1.0:
             z.mul_(inv_t)
-        row_max = z.amax(dim=-1, keepdim=True)  # (c, 1)
-        z.sub_(row_max)  # now max is 0: exp cannot overflow
+        m = row_max[start:stop]
+        torch.amax(z, dim=-1, keepdim=True, out=m)
+        z.sub_(m)  # now max is 0: exp cannot overflow
         # Entries more than 87 nats below the max (masked -inf ones included) are clamped to -87:
         # exp(-87) ~ 1.6e-38 is still a normal float, so exp() never produces denormals (which are
         # ~50x slower on x86) and 0 * -inf never produces NaN. Their share of H is below 1e-35.
         z.clamp_(min=_MIN_SHIFTED_LOGIT)
         torch.exp(z, out=p)
-        sum_exp = p.sum(dim=-1)  # (c,) in [1, V]
+        torch.sum(p, dim=-1, out=sum_exp[start:stop])
         p.mul_(z)
-        # H = log(sum e^z) - sum(e^z * z) / sum(e^z), with z the max-shifted logits.
-        out[start:stop] = torch.log(sum_exp) - p.sum(dim=-1) / sum_exp
-        # A row with NaN, +inf, or only -inf logits has no distribution.
-        bad = ~torch.isfinite(row_max.squeeze(-1))
-        if bad.any():
-            out[start:stop][bad] = float("nan")
+        torch.sum(p, dim=-1, out=out[start:stop])  # sum e^z * z
+    # H = log(sum e^z) - sum(e^z * z) / sum(e^z), with z the max-shifted logits.
+    out.div_(sum_exp).neg_().add_(sum_exp.log_())
+    # A row with NaN, +inf, or only -inf logits has no distribution.
+    out.masked_fill_(~torch.isfinite(row_max.squeeze(-1)), float("nan"))
     # H >= 0; what the clamp above adds is at most V * 1.4e-36 (an entry at -87 contributes
     # -e^-87 * -87): below that the distribution is one-hot, so report exactly 0, not 1e-31.
     out.masked_fill_(out < vocab * 1.5e-36, 0.0)
