@@ -145,3 +145,17 @@ def test_gzipped_step_files_and_numeric_step_order(tmp_path):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no trajectories_step"):
         load_trajectories(tmp_path)
+
+
+def test_atomic_writes_keep_ordinary_permissions(tmp_path):
+    """mkstemp's private 0600 must not leak into run files that colleagues read."""
+    import os
+
+    target = tmp_path / "summary.json"
+    atomic_write_bytes(target, b"{}")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    os.chmod(target, 0o640)
+    atomic_write_bytes(target, b"{}")
+    assert target.stat().st_mode & 0o777 == 0o640  # an existing file keeps its mode

@@ -49,6 +49,9 @@ def atomic_write_bytes(path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would have, or
+        # keep the old file's, so colleagues who could read the run's files still can.
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -61,6 +64,22 @@ def atomic_write_bytes(path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it: done once, at import
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_UMASK
 
 
 def atomic_write_text(path, text: str) -> None:
