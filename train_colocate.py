@@ -29,8 +29,8 @@ def main(argv: list[str] | None = None):
     from openrlhf_ext.ray.groups import build_groups, cpus_needed
     from openrlhf_ext.ray.launcher import start_ray
     from openrlhf_ext.rewards import build_reward_fn
-    from openrlhf_ext.trainer.checkpoint import latest_checkpoint_step, prune_trajectories_after
-    from openrlhf_ext.trainer.ppo_trainer import PPOTrainer, trajectory_dir
+    from openrlhf_ext.trainer.checkpoint import latest_checkpoint_step
+    from openrlhf_ext.trainer.ppo_trainer import PPOTrainer
     from openrlhf_ext.trajectory import TrajectorySaver
 
     # 1. the model, its tokenizer, the prompts and the reward (all on the controller)
@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None):
     # 2. the trajectory saver; on resume, first forget the trajectories of the steps to be redone
     saver = None
     if getattr(args, "save_trajectories", False):
+        saver = TrajectorySaver.from_args(args, tokenizer)
         resume_step = latest_checkpoint_step(args.ckpt_path) if args.load_checkpoint else None
         if resume_step is not None:
-            prune_trajectories_after(trajectory_dir(args), resume_step)
-        saver = TrajectorySaver.from_args(args, tokenizer)
+            saver.forget_steps_after(resume_step)
 
     # 3. the Ray groups: actor (DeepSpeed), reference, critic, reward model, vLLM engines
     start_ray(num_cpus=cpus_needed(args))

@@ -2,6 +2,7 @@
 import argparse
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -204,3 +205,20 @@ def test_npz_trace_holds_every_response(tmp_path, tokenizer):
         assert np.allclose(z["entropies"][row, :n], exps[1].action_entropy[1, :n].numpy(), atol=2e-3)
         assert z["uid"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
         assert z["sample_index"].tolist() == [0, 1] * 4
+
+
+def test_resuming_forgets_the_steps_after_the_checkpoint(tmp_path, tokenizer):
+    """A run that crashed after step 2's checkpoint, while on step 4, resumes at step 3."""
+    saver = make_saver(tmp_path, tokenizer, "--save_entropy_trace")
+    for step in (1, 2, 3, 4):
+        saver.save_step(step, step_experiences(tokenizer, seed=step))
+    out = tmp_path / "trajectories"
+    with open(out / "manifest.jsonl", "ab") as f:
+        f.write(b'{"note": "a line of another tool"}\n')
+    removed = saver.forget_steps_after(2)
+    assert sorted(Path(p).name for p in removed) == [
+        "step_000003.npz", "step_000004.npz", "trajectories_step_3.json", "trajectories_step_4.json"]
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [e.get("global_step") for e in lines] == [1, 2, None]
+    saver.save_step(3, step_experiences(tokenizer, seed=30))
+    assert [e["global_step"] for e in read_manifest(out / "manifest.jsonl") if "global_step" in e] == [1, 2, 3]

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 
 STEP_FILE_RE = re.compile(r"^(?:.*_)?trajectories_step_(\d+)\.json(\.gz)?$")
+NPZ_FILE_RE = re.compile(r"^step_(\d+)\.npz$")
 
 
 def step_file_name(global_step: int) -> str:
@@ -171,6 +172,36 @@ def upsert_manifest(path, entry: dict) -> None:
     entries.append(entry)
     entries.sort(key=lambda e: e.get("global_step") if isinstance(e.get("global_step"), int) else -1)
     atomic_write_bytes(path, b"".join(dumps_strict_json(e) + b"\n" for e in entries))
+
+
+def forget_steps_after(folder, step: int) -> list[str]:
+    """Remove what a run folder holds for the steps after ``step``: step files, npz traces and
+    manifest lines. A run resumed from step ``step``'s checkpoint redoes those steps; forgetting
+    them first leaves each step once in the folder, with no gaps. Returns the removed paths.
+
+    Manifest lines this does not understand are kept: they are not ours to drop.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [p for s, p in list_step_files(folder) if s > step]
+    steps_dir = folder / "steps"
+    if steps_dir.is_dir():
+        removed += [p for p in steps_dir.iterdir() if (m := NPZ_FILE_RE.match(p.name)) and int(m.group(1)) > step]
+    for p in removed:
+        p.unlink()
+    manifest = folder / "manifest.jsonl"
+    if manifest.exists():
+        kept = []
+        for line in manifest.read_bytes().splitlines():
+            try:
+                entry_step = orjson.loads(line).get("global_step")
+            except (orjson.JSONDecodeError, AttributeError):
+                entry_step = None
+            if not (isinstance(entry_step, int) and entry_step > step):
+                kept.append(line + b"\n")
+        atomic_write_bytes(manifest, b"".join(kept))
+    return [str(p) for p in removed]
 
 
 def write_npz(path, arrays: dict) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import atomic_write_bytes, dumps_records, dumps_strict_json, npz_file_name, read_manifest
+from .files import atomic_write_bytes, dumps_records, dumps_strict_json, forget_steps_after, npz_file_name, read_manifest
 from .files import step_file_name, upsert_manifest, write_npz
 from .marks import high_entropy_mask
 from .sampling import choose_responses
@@ -101,6 +101,12 @@ class TrajectorySaver:
             group=group,
             run_info=run_info,
         )
+
+    def forget_steps_after(self, step: int) -> list[str]:
+        """Before resuming from step ``step``'s checkpoint: drop the files and manifest lines of
+        later steps (a crash between a checkpoint and the next leaves some), so the resumed run
+        writes each step once."""
+        return forget_steps_after(self.out_dir, step)
 
     def should_save(self, global_step: int) -> bool:
         return global_step % self.save_every == 0
