@@ -375,3 +375,41 @@ def test_cli_converts_and_reports_errors(tmp_path, tokenizer, tokenizer_dir, cap
     assert _cli(["convert", str(tmp_path / "trace"), "-o", str(tmp_path / "out2"), "--tokenizer", str(tokenizer_dir)]) == 2
     err = capsys.readouterr().err
     assert "step_000008.npz" in err and "error" in err
+
+
+def test_sampling_picks_which_responses_as_the_saver_does(tmp_path, tokenizer):
+    """--trajectory_sampling groups keeps whole prompt groups; marks still rank every response."""
+    rng = np.random.default_rng(7)
+    arrays = random_step(rng, tokenizer, num_responses=12)
+    write_step(tmp_path / "trace", 4, arrays)
+    marks, threshold = expected_marks(arrays, 0.2)
+    convert(tmp_path / "trace", tmp_path / "groups", tokenizer=tokenizer, num_trajectories_per_step=4,
+            sampling="groups", seed=1)
+    records = load_trajectories(tmp_path / "groups")
+    rows = [r["info"]["response_index"] for r in records]
+    assert len(rows) == 4
+    groups = [r["group_index"] for r in records]
+    assert sorted(groups.count(g) for g in set(groups)) == [2, 2]  # two whole groups of two
+    for record, row in zip(records, rows):
+        check_record(record, arrays, row, tokenizer, marks, threshold)
+    picks = set()
+    for seed in range(4):  # the groups are drawn at random (seeded), not the first ones
+        convert(tmp_path / "trace", tmp_path / f"seed{seed}", tokenizer=tokenizer, num_trajectories_per_step=4,
+                sampling="groups", seed=seed)
+        picks.add(tuple(r["info"]["response_index"] for r in load_trajectories(tmp_path / f"seed{seed}")))
+    assert len(picks) > 1
+    # first N stays the default, and the choice is seeded
+    convert(tmp_path / "trace", tmp_path / "first", tokenizer=tokenizer, num_trajectories_per_step=4)
+    assert [r["info"]["response_index"] for r in load_trajectories(tmp_path / "first")] == [0, 1, 2, 3]
+    convert(tmp_path / "trace", tmp_path / "again", tokenizer=tokenizer, num_trajectories_per_step=4,
+            sampling="groups", seed=1)
+    assert [r["info"]["response_index"] for r in load_trajectories(tmp_path / "again")] == rows
+
+
+def test_jsonl_sampling_stratified_spreads_over_scores(tmp_path):
+    src = tmp_path / "rollouts"
+    src.mkdir()
+    write_jsonl(src / "1.jsonl", [{"input": f"Q{i}", "output": f"A{i}", "score": float(i), "step": 1} for i in range(9)])
+    convert(src, tmp_path / "out", num_trajectories_per_step=3, sampling="stratified")
+    scores = [r["info"]["reward"] for r in load_trajectories(tmp_path / "out")]
+    assert scores == [0.0, 4.0, 8.0]

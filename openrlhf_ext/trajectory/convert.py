@@ -57,6 +57,7 @@ from openrlhf_ext.trajectory.files import (
     upsert_manifest,
 )
 from openrlhf_ext.trajectory.report import parse_steps
+from openrlhf_ext.trajectory.sampling import SAMPLING_MODES, choose_responses
 
 __all__ = ["convert", "detect_source", "load_tokenizer", "ConvertError", "add_parser"]
 
@@ -175,6 +176,8 @@ def convert(
     steps: str | set[int] | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    sampling: str = "first",
+    seed: int = 42,
 ) -> dict:
     """Convert SRC (npz entropy trace or rollout JSONL) into trajectory files in `out_dir`.
 
@@ -222,11 +225,17 @@ def convert(
         data = load()  # this step only
         if kind == "npz":
             records, step_info = npz_step_records(
-                data, tokenizer, high_entropy_token_ratio, high_entropy_scope, num_trajectories_per_step
+                data, tokenizer, high_entropy_token_ratio, high_entropy_scope, num_trajectories_per_step,
+                sampling=sampling, seed=seed,
             )
             stats = npz_step_stats(data)
         else:
-            records, step_info = jsonl_step_records(global_step, data, num_trajectories_per_step)
+            if num_trajectories_per_step is not None:  # the saver's choice: groups share an input
+                scores = [r["score"] if isinstance(r.get("score"), (int, float)) else np.nan for r in data]
+                chosen = choose_responses([r["input"] for r in data], scores, num_trajectories_per_step,
+                                          sampling, seed=seed + global_step)
+                data = [data[i] for i in chosen]
+            records, step_info = jsonl_step_records(global_step, data, None)
             stats = {"num_response_tokens": sum(len(word_chunks(r["output"])) for r in data),
                      "entropy": None, "hist_edges": [], "hist_counts": []}
         name, num_saved = _write_step(out_dir, global_step, records)
@@ -288,6 +297,8 @@ def run_convert(args: argparse.Namespace) -> int:
             high_entropy_token_ratio=args.high_entropy_token_ratio,
             high_entropy_scope=args.high_entropy_scope,
             num_trajectories_per_step=args.num_trajectories_per_step,
+            sampling=args.trajectory_sampling,
+            seed=args.seed,
             steps=args.steps,
             overwrite=args.overwrite,
         )
@@ -327,8 +338,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--num_trajectories_per_step", type=int, default=None,
-        help="write the first N responses of each step (default: all; marks always use all)",
+        help="write N responses of each step (default: all; marks always use all)",
     )
+    parser.add_argument(
+        "--trajectory_sampling", choices=SAMPLING_MODES, default="first",
+        help="which N, as the saver's flag: first (default), whole prompt groups, random, or stratified by reward/score",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="seed of the random samplings (default 42)")
     parser.add_argument("--steps", default=None, help="steps to convert, e.g. 1,5,10-20 (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="replace trajectory files already in OUTPUT")
     parser.set_defaults(func=run_convert)

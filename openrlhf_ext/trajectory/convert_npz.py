@@ -28,6 +28,7 @@ import numpy as np
 
 from openrlhf_ext.trajectory.marks import high_entropy_mask
 from openrlhf_ext.trajectory import build_record
+from openrlhf_ext.trajectory.sampling import choose_responses
 from openrlhf_ext.trajectory.stats import entropy_histogram, entropy_summary
 
 REQUIRED_KEYS = ("entropies", "response_mask", "responses", "response_index")
@@ -247,11 +248,13 @@ def _finite_or_none(value) -> float | None:
     return float(value) if value is not None and np.isfinite(value) else None
 
 
-def npz_step_records(step: NpzStep, tokenizer, ratio: float, scope: str = "step", limit: int | None = None):
+def npz_step_records(step: NpzStep, tokenizer, ratio: float, scope: str = "step", limit: int | None = None,
+                     sampling: str = "first", seed: int = 0):
     """(records iterator, step_info) of one npz step.
 
-    The marks are computed over ALL responses of the step first (FORMAT.md); then the first
-    `limit` responses become records (build_record, token_texts) one at a time, so a caller that
+    The marks are computed over ALL responses of the step first (FORMAT.md); then `limit`
+    responses, picked as the saver picks them (`sampling`: first, groups, random, stratified;
+    seeded with `seed` + the step), become records (build_record, token_texts) one at a time, so a caller that
     serialises each record before taking the next holds one record's objects at most.
 
     The trace has no prompt ids, so a record's tokens are the response's alone; it has no returns
@@ -260,11 +263,17 @@ def npz_step_records(step: NpzStep, tokenizer, ratio: float, scope: str = "step"
     """
     marks, threshold, row_thresholds = _step_marks(step, ratio, scope)
     vocab = _vocab_size(tokenizer)
-    rows = range(step.num_responses if limit is None else min(limit, step.num_responses))
     rewards = per_response(step, "rewards", reduce="sum")
     advantages = per_response(step, "advantages", reduce="mean")
     info_columns = {k: per_response(step, k) for k in ("prompt_length", "sample_index", "uid")}
     group_index = _group_index(step)
+    rows = range(step.num_responses)
+    if limit is not None:
+        rows = choose_responses(
+            group_index or list(rows),
+            [np.nan if r is None else r for r in rewards] if rewards else [np.nan] * step.num_responses,
+            limit, sampling, seed=seed + step.global_step,
+        )
 
     def records():
         for row in rows:
