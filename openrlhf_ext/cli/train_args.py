@@ -20,6 +20,16 @@ from openrlhf_ext.trajectory import add_trajectory_args
 ADVANTAGE_ESTIMATORS = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 
 
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default, unless it is None or the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
 def vllm_importable() -> bool:
     """True when `import vllm` can work here (checked without importing it: that takes seconds)."""
     return importlib.util.find_spec("vllm") is not None
@@ -34,7 +44,7 @@ def build_train_parser() -> argparse.ArgumentParser:
             "Hugging Face generate for rollouts, saving trajectories with per-token entropy. "
             "With no model flags it trains the small embedded arithmetic model on the CPU."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsHelpFormatter,
     )
 
     g = p.add_argument_group("models")

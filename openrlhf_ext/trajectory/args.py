@@ -13,7 +13,7 @@ def _ratio(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (0.2 marks the top 20%% of tokens), got {text}")
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (0.2 marks the top 20% of tokens), got {text}")
     return value
 
 
