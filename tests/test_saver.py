@@ -222,3 +222,14 @@ def test_resuming_forgets_the_steps_after_the_checkpoint(tmp_path, tokenizer):
     assert [e.get("global_step") for e in lines] == [1, 2, None]
     saver.save_step(3, step_experiences(tokenizer, seed=30))
     assert [e["global_step"] for e in read_manifest(out / "manifest.jsonl") if "global_step" in e] == [1, 2, 3]
+
+
+def test_forks_sampling_saves_the_groups_with_the_most_marked_tokens(tmp_path, tokenizer):
+    exps = step_experiences(tokenizer)
+    # prompt group 3 (experience 1, samples 2-3) holds the step's highest entropies
+    exps[1].action_entropy[2:] = exps[1].action_entropy[2:] + 10 * exps[1].action_mask[2:]
+    saver = make_saver(tmp_path, tokenizer, "--num_trajectories_to_save", "2", "--trajectory_sampling", "forks")
+    saver.save_step(1, exps)
+    records = load_trajectories(tmp_path / "trajectories")
+    assert [(r["experience_index"], r["sample_in_exp"]) for r in records] == [(1, 2), (1, 3)]
+    assert all(any(t["high_entropy"] for t in r["pure_generated_tokens"]) for r in records)

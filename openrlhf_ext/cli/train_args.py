@@ -221,6 +221,9 @@ EMBEDDED_DEFAULTS = dict(
     micro_rollout_batch_size=128, train_batch_size=128, micro_train_batch_size=128,
     # 1e-4: the reward rises ~0.23 -> ~0.35 in 25 steps; 1e-3 collapsed the policy within 2 steps.
     actor_learning_rate=1e-4, max_steps=30, num_episodes=100,
+    # Responses of ~3 tokens: a randomly drawn prompt group often holds no marked token at all, so
+    # the demo saves the groups where the policy forked.
+    trajectory_sampling="forks",
 )
 
 

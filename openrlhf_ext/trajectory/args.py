@@ -50,7 +50,8 @@ def add_trajectory_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     g.add_argument("--trajectory_save_steps", type=_count(1), default=1, help="save every N global steps (default 1)")
     g.add_argument("--trajectory_dir", type=str, default=None, help="output folder (default <save_path>/trajectories)")
     g.add_argument("--trajectory_sampling", choices=SAMPLING_MODES, default="groups",
-                   help="which responses to keep: whole prompt groups (default), random, first, or stratified by reward")
+                   help="which responses to keep: whole prompt groups (default), whole groups with the most "
+                        "high-entropy tokens first (forks), random, first, or stratified by reward")
     g.add_argument("--save_entropy_trace", action="store_true",
                    help="also write steps/step_NNNNNN.npz with the entropy of every response of the step")
     g.add_argument("--trajectory_strict", action="store_true", help="stop training when a trajectory file cannot be written")

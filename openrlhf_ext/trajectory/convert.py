@@ -233,7 +233,7 @@ def convert(
             if num_trajectories_per_step is not None:  # the saver's choice: groups share an input
                 scores = [r["score"] if isinstance(r.get("score"), (int, float)) else np.nan for r in data]
                 chosen = choose_responses([r["input"] for r in data], scores, num_trajectories_per_step,
-                                          sampling, seed=seed + global_step)
+                                          sampling, seed=seed + global_step, forks=[0] * len(data))
                 data = [data[i] for i in chosen]
             records, step_info = jsonl_step_records(global_step, data, None)
             stats = {"num_response_tokens": sum(len(word_chunks(r["output"])) for r in data),
@@ -342,7 +342,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--trajectory_sampling", choices=SAMPLING_MODES, default="first",
-        help="which N, as the saver's flag: first (default), whole prompt groups, random, or stratified by reward/score",
+        help="which N, as the saver's flag: first (default), whole prompt groups, groups with the most "
+             "high-entropy tokens (forks), random, or stratified by reward/score",
     )
     parser.add_argument("--seed", type=int, default=42, help="seed of the random samplings (default 42)")
     parser.add_argument("--steps", default=None, help="steps to convert, e.g. 1,5,10-20 (default: all)")

@@ -272,7 +272,7 @@ def npz_step_records(step: NpzStep, tokenizer, ratio: float, scope: str = "step"
         rows = choose_responses(
             group_index or list(rows),
             [np.nan if r is None else r for r in rewards] if rewards else [np.nan] * step.num_responses,
-            limit, sampling, seed=seed + step.global_step,
+            limit, sampling, seed=seed + step.global_step, forks=marks.sum(-1).tolist(),
         )
 
     def records():

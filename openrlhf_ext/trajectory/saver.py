@@ -143,7 +143,8 @@ class TrajectorySaver:
         batch = collect_step(experiences)
         marks, threshold = self._marks(batch)
         chosen = choose_responses(
-            batch.group, batch.rewards, self.num_to_save, self.sampling, seed=self.seed + global_step
+            batch.group, batch.rewards, self.num_to_save, self.sampling, seed=self.seed + global_step,
+            forks=marks.sum(-1).tolist(),
         )
         records = [self._record(batch, i, global_step, marks, threshold) for i in chosen]
         name = step_file_name(global_step)
