@@ -24,10 +24,8 @@ Example:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +47,7 @@ from openrlhf_ext.trajectory.convert_npz import (
     npz_steps_dir,
     read_npz_step,
 )
-from openrlhf_ext.trajectory.files import (
-    atomic_write_bytes,
-    dumps_strict_json,
-    read_manifest,
-    step_file_name,
-    upsert_manifest,
-)
+from openrlhf_ext.trajectory.files import step_file_name, upsert_manifest, utc_now, write_records, write_summary
 from openrlhf_ext.trajectory.report import parse_steps
 from openrlhf_ext.trajectory.sampling import SAMPLING_MODES, choose_responses
 
@@ -123,27 +115,6 @@ def _summary_tokenizer(src: Path) -> tuple[str | None, str | None]:
         if isinstance(value, str) and value:
             return (value if Path(value).exists() else None), value
     return None, None
-
-
-# ----------------------------------------------------------------------------- writing
-
-def _write_step(out_dir: Path, global_step: int, records) -> tuple[str, int]:
-    """Serialise records one by one into one buffer and write the step file atomically.
-
-    Each record's Python objects die as soon as its bytes are in the buffer, so a step costs its
-    JSON bytes once, not a list of dicts plus the bytes. Returns (file name, number of records).
-    """
-    buffer = io.BytesIO()
-    buffer.write(b"[")
-    count = 0
-    for record in records:
-        buffer.write(b",\n" if count else b"\n")
-        buffer.write(dumps_strict_json(record))
-        count += 1
-    buffer.write(b"\n]\n")
-    name = step_file_name(global_step)
-    atomic_write_bytes(out_dir / name, buffer.getvalue())
-    return name, count
 
 
 def _steps_of(kind: str, src: Path, wanted: set[int] | None):
@@ -217,7 +188,7 @@ def convert(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     plan = list(_steps_of(kind, src, wanted)) if kind == "npz" else _steps_of(kind, src, wanted)
-    created_at = _now()
+    created_at = utc_now()
     written: list[int] = []
     bar = tqdm(plan, desc=f"convert {kind}", unit="step", disable=(None if progress is None else not progress))
     for global_step, label, load in bar:
@@ -238,7 +209,9 @@ def convert(
             records, step_info = jsonl_step_records(global_step, data, None)
             stats = {"num_response_tokens": sum(len(word_chunks(r["output"])) for r in data),
                      "entropy": None, "hist_edges": [], "hist_counts": []}
-        name, num_saved = _write_step(out_dir, global_step, records)
+        name = step_file_name(global_step)
+        # write_records serialises each record before the next is built: one record alive at a time
+        num_saved = write_records(out_dir / name, records)
         rewards = [r for r in step_info["rewards"] or [] if r is not None and np.isfinite(r)]
         upsert_manifest(manifest, {
             "global_step": global_step,
@@ -252,18 +225,12 @@ def convert(
             "hist_edges": stats["hist_edges"],
             "hist_counts": stats["hist_counts"],
             "reward_mean": float(np.mean(rewards)) if rewards else None,
-            "created_at": _now(),
+            "created_at": utc_now(),
             "converted_from": label,
         })
         written.append(global_step)
-        on_disk = [e["global_step"] for e in read_manifest(manifest) if isinstance(e.get("global_step"), int)]
         del data, records  # before the next step is loaded
-        atomic_write_bytes(out_dir / "summary.json", dumps_strict_json({
-            "format_version": 1,
-            "created_at": created_at,
-            "updated_at": _now(),
-            "latest_step": max(on_disk),
-            "num_steps_written": len(on_disk),
+        write_summary(out_dir, {
             "model": None,
             "tokenizer": tokenizer_path,
             "flags": {
@@ -274,15 +241,13 @@ def convert(
             },
             "converted_from": {"source": str(src), "kind": kind},
             "package_version": __version__,
-        }, indent=True))
+        }, created_at=created_at)
     bar.close()
     if not written:
         raise ConvertError(f"{src}: no steps to convert" + (f" (--steps {steps})" if steps else ""))
     return {"kind": kind, "steps": written, "out_dir": str(out_dir)}
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -14,11 +14,13 @@ import os
 import re
 import tempfile
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import orjson
 
+FORMAT_VERSION = 1  # of FORMAT.md; readers must keep opening version 1
 STEP_FILE_RE = re.compile(r"^(?:.*_)?trajectories_step_(\d+)\.json(\.gz)?$")
 NPZ_FILE_RE = re.compile(r"^step_(\d+)\.npz$")
 
@@ -135,11 +137,29 @@ def dumps_strict_json(obj, indent: bool = False) -> bytes:
     return orjson.dumps(obj, default=_json_default, option=opts)
 
 
-def dumps_records(records: list) -> bytes:
-    """A JSON array with one record per line: strict, compact, and still greppable line by line."""
-    if not records:
-        return b"[]\n"
-    return b"[\n" + b",\n".join(dumps_strict_json(r) for r in records) + b"\n]\n"
+def _records_bytes(records) -> tuple[bytes, int]:
+    buffer = io.BytesIO()
+    buffer.write(b"[")
+    count = 0
+    for record in records:  # serialised as they come: a generator's records are never all alive
+        buffer.write(b",\n" if count else b"\n")
+        buffer.write(dumps_strict_json(record))
+        count += 1
+    buffer.write(b"\n]\n" if count else b"]\n")
+    return buffer.getvalue(), count
+
+
+def dumps_records(records) -> bytes:
+    """A JSON array with one record per line: strict, compact, and still greppable line by line.
+    ``records`` may be any iterable, a generator included."""
+    return _records_bytes(records)[0]
+
+
+def write_records(path, records) -> int:
+    """Write a step file of ``records`` (any iterable) atomically; returns how many were written."""
+    data, count = _records_bytes(records)
+    atomic_write_bytes(path, data)
+    return count
 
 
 # ----------------------------------------------------------------------------- manifest / npz
@@ -202,6 +222,35 @@ def forget_steps_after(folder, step: int) -> list[str]:
                 kept.append(line + b"\n")
         atomic_write_bytes(manifest, b"".join(kept))
     return [str(p) for p in removed]
+
+
+def utc_now() -> str:
+    """The timestamps of manifests and summaries: UTC, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_summary(folder, fields: dict, created_at: str | None = None) -> None:
+    """Rewrite ``summary.json`` after a step: ``format_version``, ``created_at`` (kept from the
+    existing summary unless given), ``updated_at``, and ``latest_step``/``num_steps_written`` from
+    the manifest, followed by ``fields`` (model, tokenizer, flags, ...)."""
+    folder = Path(folder)
+    path = folder / "summary.json"
+    if created_at is None:
+        try:
+            previous = orjson.loads(path.read_bytes()) if path.exists() else {}
+        except (OSError, orjson.JSONDecodeError):  # a broken summary is rewritten, not fatal
+            previous = {}
+        created_at = previous.get("created_at") if isinstance(previous, dict) else None
+    steps = [e["global_step"] for e in read_manifest(folder / "manifest.jsonl") if isinstance(e.get("global_step"), int)]
+    summary = {
+        "format_version": FORMAT_VERSION,
+        "created_at": created_at or utc_now(),
+        "updated_at": utc_now(),
+        "latest_step": max(steps, default=None),
+        "num_steps_written": len(steps),
+        **fields,
+    }
+    atomic_write_bytes(path, dumps_strict_json(summary, indent=True))
 
 
 def write_npz(path, arrays: dict) -> None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .files import atomic_write_bytes, dumps_records, dumps_strict_json, forget_steps_after, npz_file_name, read_manifest
-from .files import step_file_name, upsert_manifest, write_npz
+from .files import forget_steps_after, npz_file_name, step_file_name, upsert_manifest, utc_now, write_npz
+from .files import write_records, write_summary
 from .marks import high_entropy_mask
 from .sampling import choose_responses
 from .records import StepBatch, _json_number, build_record, collect_step
@@ -24,7 +23,6 @@ from .stats import entropy_histogram, entropy_summary
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 
 
 class TrajectorySaver:
@@ -148,7 +146,7 @@ class TrajectorySaver:
         )
         records = [self._record(batch, i, global_step, marks, threshold) for i in chosen]
         name = step_file_name(global_step)
-        atomic_write_bytes(self.out_dir / name, dumps_records(records))
+        write_records(self.out_dir / name, records)
         if self.save_trace:
             self._write_trace(batch, global_step)
         step_entropy = batch.entropy[batch.mask & torch.isfinite(batch.entropy)].numpy()  # (n,)
@@ -163,11 +161,11 @@ class TrajectorySaver:
             "entropy": entropy_summary(step_entropy),
             **entropy_histogram(step_entropy),
             "reward_mean": _json_number(np.nanmean(batch.rewards)) if np.isfinite(batch.rewards).any() else None,
-            "created_at": _now(),
+            "created_at": utc_now(),
             "save_seconds": round(time.perf_counter() - started, 4),
         }
         upsert_manifest(self.out_dir / "manifest.jsonl", entry)
-        self._write_summary(global_step)
+        write_summary(self.out_dir, self.run_info)
         return entry
 
     def _marks(self, batch: StepBatch):
@@ -223,32 +221,9 @@ class TrajectorySaver:
             },
         )
 
-    def _write_summary(self, global_step: int) -> None:
-        path = self.out_dir / "summary.json"
-        previous = {}
-        try:
-            import orjson
-
-            previous = orjson.loads(path.read_bytes()) if path.exists() else {}
-        except Exception:  # a broken summary is rewritten, not fatal
-            previous = {}
-        steps = [e["global_step"] for e in read_manifest(self.out_dir / "manifest.jsonl") if isinstance(e.get("global_step"), int)]
-        summary = {
-            "format_version": FORMAT_VERSION,
-            "created_at": previous.get("created_at") if isinstance(previous, dict) and previous.get("created_at") else _now(),
-            "updated_at": _now(),
-            "latest_step": max(steps, default=global_step),
-            "num_steps_written": len(steps),
-            **self.run_info,
-        }
-        atomic_write_bytes(path, dumps_strict_json(summary, indent=True))
-
 
 def _threshold_value(threshold):
     if isinstance(threshold, torch.Tensor):  # per-response scope: no single step threshold
         return None
     return _json_number(threshold)
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
