@@ -133,7 +133,7 @@ def main():
                 print(f"  {name}: {r}", flush=True)
         browser.close()
     print()
-    print(f"| file | trajectories x tokens | page | first render | all loaded | search | filter | next (j) | DOM nodes | JS heap |")
+    print("| file | trajectories x tokens | page | first render | all loaded | search | filter | next (j) | DOM nodes | JS heap |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for label, shape, name, r in rows:
         if "error" in r:

@@ -1,5 +1,4 @@
 """openrlhf-traj validate / stats, as a user runs them."""
-import os
 import shutil
 import subprocess
 import sys
