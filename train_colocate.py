@@ -72,8 +72,6 @@ def main(argv: list[str] | None = None):
 
 
 def print_summary(args, history: list[dict], saver, seconds: float) -> None:
-    from openrlhf_ext.trainer.ppo_trainer import trajectory_dir
-
     if history:
         first, last = history[0], history[-1]
         k = max(1, len(history) // 4)
@@ -83,7 +81,7 @@ def print_summary(args, history: list[dict], saver, seconds: float) -> None:
               f"mean reward {early:.3f} (first {k} steps) -> {late:.3f} (last {k} steps).")
     print(f"Model saved to {os.path.abspath(args.save_path)}")
     if saver is not None:
-        d = os.path.abspath(trajectory_dir(args))
+        d = os.path.abspath(saver.out_dir)
         print(f"Trajectories are in {d}")
         print(f"  open them: {viewer_path()} in a browser, then pick that folder (or drop it on the page)")
         print(f"  summarize: openrlhf-traj stats {d}")

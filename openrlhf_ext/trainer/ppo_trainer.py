@@ -141,7 +141,3 @@ class PPOTrainer:
 
     def save_model(self) -> None:
         ray.get(self.groups.actor.call("save_model", self.args.save_path, self.args.pretrain))
-
-
-def trajectory_dir(args) -> str:
-    return args.trajectory_dir or os.path.join(args.save_path, "trajectories")
