@@ -19,8 +19,10 @@ os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 if __name__ == "__main__":
     from vllm import LLM, SamplingParams
     path, prompts = sys.argv[1], json.loads(sys.argv[2])
+    # The KV cache in bytes: a fraction of "the device" is a fraction of the NUMA node on CPU, and
+    # goes negative on a small node once the model is loaded.
     llm = LLM(model=path, dtype="float32", enforce_eager=True, max_model_len=64, seed=0,
-              gpu_memory_utilization=0.05)
+              kv_cache_memory_bytes=64 << 20)
     tok = llm.get_tokenizer()
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8))
     print("RESULT" + json.dumps({
@@ -48,3 +50,18 @@ def test_vllm_loads_the_folder_and_agrees_with_hf():
     assert got["prompt_ids"] == hf_ids  # and vLLM adds no bos of its own
     model = AutoModelForCausalLM.from_pretrained(path)
     assert got["answers"] == greedy_answers(model, tok, prompts)
+
+
+def test_an_oversized_kv_cache_is_refused_before_vllm_starts(monkeypatch):
+    """--vllm_kv_cache_memory larger than the NUMA node's free memory: a sentence naming the flag
+    and the node's figures, raised before vLLM loads anything."""
+    from openrlhf_ext.rollout.kv_cache import cpu_node_memory
+    from openrlhf_ext.rollout.vllm_engine import LLMRayActor
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    node, total, available = cpu_node_memory()
+    with pytest.raises(RuntimeError) as e:
+        LLMRayActor(embedded_model_path(), seed=0, tensor_parallel_size=1, gpu_memory_utilization=0.5,
+                    enable_sleep_mode=False, bf16=False, max_model_len=64, kv_cache_memory_bytes=total * 4)
+    msg = str(e.value)
+    assert "--vllm_kv_cache_memory" in msg and f"NUMA node {node}" in msg and "lower it" in msg

@@ -11,6 +11,7 @@ MODULES = [
     "openrlhf_ext.rewards.math_verify_reward",
     "openrlhf_ext.rewards.remote",
     "openrlhf_ext.models.embedded",
+    "openrlhf_ext.rollout.kv_cache",
 ]
 
 

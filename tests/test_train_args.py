@@ -56,3 +56,11 @@ def test_embedded_defaults_never_override_given_flags():
     assert args.rollout_batch_size == EMBEDDED_DEFAULTS["rollout_batch_size"]
     args = parse_train_args(["--pretrain", "some/model", "--train_batch_size", "32"])
     assert not args.embedded_model and args.generate_max_len == 1024  # OpenRLHF's default, untouched
+
+
+def test_kv_cache_size_in_bytes(capsys):
+    """--vllm_kv_cache_memory takes a size with a binary unit; anything else is refused at start-up."""
+    args = parse_train_args(["--pretrain", "m", "--rollout_backend", "hf", "--vllm_kv_cache_memory", "1.5GiB"])
+    assert args.vllm_kv_cache_memory == 3 << 29
+    err = _error(["--pretrain", "m", "--vllm_kv_cache_memory", "12XB"], capsys)
+    assert "--vllm_kv_cache_memory" in err and "512MiB" in err

@@ -30,6 +30,15 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         return super()._get_help_string(action)
 
+def _size(text: str) -> int:
+    from openrlhf_ext.rollout.kv_cache import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def vllm_importable() -> bool:
     """True when `import vllm` can work here (checked without importing it: that takes seconds)."""
     return importlib.util.find_spec("vllm") is not None
@@ -82,7 +91,13 @@ def build_train_parser() -> argparse.ArgumentParser:
                    help="responses per experience (the unit of the log-prob forward)")
     g.add_argument("--vllm_num_engines", type=int, default=1)
     g.add_argument("--vllm_tensor_parallel_size", type=int, default=1)
-    g.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.5)
+    g.add_argument("--vllm_gpu_memory_utilization", type=float, default=0.5,
+                   help="GPU: share of the GPU's memory vLLM may take (weights + KV cache), checked against "
+                        "what is free at start-up")
+    g.add_argument("--vllm_kv_cache_memory", type=_size, default=None,
+                   help="KV cache per engine in bytes (e.g. 512MiB, 4GiB): replaces --vllm_gpu_memory_utilization's "
+                        "sizing. On CPU the cache is always sized in bytes (default: room for the engine's rollout "
+                        "batch, at most 1GiB), checked against the NUMA node's free memory")
     g.add_argument("--vllm_enable_sleep", action="store_true", help="put vLLM to sleep during training (GPU only)")
 
     g = p.add_argument_group("training")

@@ -49,27 +49,61 @@ class WeightSyncExtension:
                 dispatch_cpu_unquantized_gemm(module, remove_weight=False)
 
 
+def check_kv_cache(pretrain: str, bf16: bool, gpu_memory_utilization: float, kv_cache_memory_bytes: int | None,
+                   max_model_len: int, num_seqs: int) -> int | None:
+    """The KV cache size to give vLLM (bytes, or None for its `gpu_memory_utilization`), after
+    checking that it fits this machine; raises RuntimeError with the flag to change when it does not.
+
+    On CPU the size is always in bytes: `--vllm_kv_cache_memory`, else room for the engine's
+    rollout batch (rollout/kv_cache.py). `VLLM_CPU_KVCACHE_SPACE` (GiB), vLLM's own knob, wins
+    over both when set, as it does inside vLLM.
+    """
+    from openrlhf_ext.rollout import kv_cache
+
+    if on_gpu():
+        if kv_cache_memory_bytes is None:
+            import torch
+
+            free, total = torch.cuda.mem_get_info()
+            problem = kv_cache.gpu_memory_problem(gpu_memory_utilization, free, total)
+            if problem:
+                raise RuntimeError(problem)
+        return kv_cache_memory_bytes
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        kv_cache_memory_bytes = int(os.environ["VLLM_CPU_KVCACHE_SPACE"]) << 30
+    elif kv_cache_memory_bytes is None:
+        per_token = kv_cache.model_kv_bytes_per_token(pretrain, bf16)
+        kv_cache_memory_bytes = kv_cache.default_cpu_kv_cache_bytes(per_token, max_model_len, num_seqs)
+    node, total, available = kv_cache.cpu_node_memory()
+    problem = kv_cache.cpu_kv_cache_problem(kv_cache_memory_bytes, node, available, total)
+    if problem:
+        raise RuntimeError(problem)
+    return kv_cache_memory_bytes
+
+
 class LLMRayActor:
     """One vLLM engine in a Ray actor."""
 
     def __init__(self, pretrain: str, seed: int, tensor_parallel_size: int, gpu_memory_utilization: float,
-                 enable_sleep_mode: bool, bf16: bool, max_model_len: int):
+                 enable_sleep_mode: bool, bf16: bool, max_model_len: int, kv_cache_memory_bytes: int | None = None,
+                 num_seqs: int = 1):
         # In-process engine core: starts in ~3 s instead of ~25 s on CPU, and no nested processes
         # inside the Ray actor.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # not an INFO line per weight sync
-        if not on_gpu():
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default 4 is a lot for a CI box
+        kv_cache_memory_bytes = check_kv_cache(pretrain, bf16, gpu_memory_utilization, kv_cache_memory_bytes,
+                                               max_model_len, num_seqs)
         from vllm import LLM
 
         self.sleep_enabled = enable_sleep_mode and on_gpu()  # sleep mode frees GPU memory; none on CPU
+        sizing = {} if kv_cache_memory_bytes is None else {"kv_cache_memory_bytes": kv_cache_memory_bytes}
         self.llm = LLM(
             model=pretrain, seed=seed, tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_enabled,
             dtype="bfloat16" if bf16 else "float32", max_model_len=max_model_len,
             enforce_eager=not on_gpu(), distributed_executor_backend="uni" if tensor_parallel_size == 1 else "mp",
             worker_extension_cls="openrlhf_ext.rollout.vllm_engine.WeightSyncExtension",
-            skip_tokenizer_init=False,
+            skip_tokenizer_init=False, **sizing,
         )
 
     def generate(self, prompt_ids: list[list[int]], temperature: float, top_p: float, max_tokens: int,
@@ -107,13 +141,14 @@ class VLLMEngines:
         res = {"num_gpus": frac, "num_cpus": frac} if on_gpu() else {"num_cpus": frac}
         actor_cls = ray.remote(LLMRayActor)
         tp = args.vllm_tensor_parallel_size
+        num_seqs = -(-args.rollout_batch_size * args.n_samples_per_prompt // args.vllm_num_engines)  # per engine
         self.engines = [
             actor_cls.options(
                 **res,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
                     placement_group=pg, placement_group_bundle_index=i * tp),
             ).remote(pretrain, args.seed + i, tp, args.vllm_gpu_memory_utilization, args.vllm_enable_sleep,
-                     args.bf16, args.prompt_max_len + args.generate_max_len)
+                     args.bf16, args.prompt_max_len + args.generate_max_len, args.vllm_kv_cache_memory, num_seqs)
             for i in range(args.vllm_num_engines)
         ]
         ray.get([e.__ray_ready__.remote() for e in self.engines])
