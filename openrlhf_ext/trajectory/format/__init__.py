@@ -1,5 +1,5 @@
 """Reading and checking trajectory files (FORMAT.md): ``load_trajectories``, the record schema and
-its ``Problem``s. Needs orjson only (no torch), so the command-line checks start fast.
+its ``Problem``s. Needs numpy and orjson, not torch, so the command-line checks start fast.
 
 Example:
     >>> from openrlhf_ext.trajectory.format import validate_records
