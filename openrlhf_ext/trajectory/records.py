@@ -24,7 +24,9 @@ class StepBatch:
     responses: np.ndarray  # (R, A) response token ids, right-padded
     mask: torch.Tensor  # (R, A) bool, true on real response tokens
     entropy: torch.Tensor  # (R, A) entropy of the sampling distribution, NaN where unknown
-    log_probs: torch.Tensor  # (R, A) log-prob of the sampled token, recomputed by the trainer under the weights that sampled it; NaN where unknown
+    # (R, A) log-prob of the sampled token, recomputed by the trainer under the weights that sampled
+    # it (not the rollout engine's own); NaN where unknown
+    log_probs: torch.Tensor
     advantages: np.ndarray  # (R,) mean advantage over the response tokens
     returns: np.ndarray  # (R,) mean return over the response tokens
     rewards: np.ndarray  # (R,)

@@ -211,7 +211,7 @@ def convert(
             **step_info,
         ))
         written.append(global_step)
-        del data, records  # before the next step is loaded
+        del data, records, step_info  # before the next step is loaded
         write_summary(out_dir, {
             "model": None,
             "tokenizer": tokenizer_path,
