@@ -7,7 +7,7 @@ import pytest
 
 MODULES = [
     # the core
-    "entropy", "marks", "sampling", "manifest_entry", "files", "args", "saver", "records", "toy",
+    "entropy", "marks", "texts", "sampling", "manifest_entry", "files", "args", "saver", "records", "toy",
     # the format
     "format", "format.schema", "format.reading",
     # the tools
