@@ -34,7 +34,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["openrlhf_ext", "openrlhf_ext.*"]),
     include_package_data=True,
-    package_data={"openrlhf_ext": ["assets/*", "assets/*/*", "trajectory/templates/*"]},
+    package_data={"openrlhf_ext": ["assets/*", "assets/*/*", "trajectory/tools/templates/*"]},
     install_requires=[
         # A range, not a pin: a CPU machine keeps the torch it has (2.13.0 here) and a GPU user
         # keeps their CUDA build; pip must never swap it for another build.
@@ -66,7 +66,7 @@ setup(
     cmdclass={"build_py": build_py_with_viewer},
     entry_points={
         "console_scripts": [
-            "openrlhf-traj=openrlhf_ext.trajectory.cli:main",
+            "openrlhf-traj=openrlhf_ext.trajectory.tools.cli:main",
         ]
     },
 )

@@ -91,7 +91,7 @@ def print_summary(args, history: list[dict], saver, seconds: float) -> None:
 def viewer_path() -> str:
     """Where the viewer page is: the checkout's viewer/ folder, or the copy in an installed wheel."""
     try:
-        from openrlhf_ext.trajectory.report import find_viewer_html
+        from openrlhf_ext.trajectory.tools.report import find_viewer_html
 
         return os.path.abspath(find_viewer_html()[1])
     except Exception:  # the pointer is a courtesy; never fail a finished run over it

@@ -5,7 +5,7 @@ holding no more than one step in memory. This builds such a folder (scaled down 
 10 steps of 512 x 4,096; `--full` for 100 steps), then converts it twice, each in a fresh Python
 process so that peak RSS (resource.getrusage ru_maxrss) belongs to that converter alone:
 
-- streaming: `openrlhf_ext.trajectory.convert.convert`, one step's arrays and output at a time;
+- streaming: `openrlhf_ext.trajectory.tools.convert.convert`, one step's arrays and output at a time;
 - naive (the baseline): loads every step's arrays first, then builds each step's records as a
   list of dicts and serialises the list (files.dumps_records), the obvious way to write it; it
   writes the same step files and manifest statistics (no summary.json).
@@ -90,9 +90,10 @@ def build_trace(folder: Path, num_steps: int, responses: int, length: int, vocab
 def naive_convert(src: Path, out_dir: Path, tokenizer_path: str, ratio: float, limit: int | None) -> None:
     """The baseline: every step loaded first, then per step its records built as a list of dicts,
     written with dumps_records, and its manifest entry; the same output as convert()."""
-    from openrlhf_ext.trajectory.convert import load_tokenizer
-    from openrlhf_ext.trajectory.convert_npz import find_npz_steps, npz_step_records, npz_step_stats, read_npz_step
     from openrlhf_ext.trajectory.files import atomic_write_bytes, dumps_records, step_file_name, upsert_manifest
+    from openrlhf_ext.trajectory.manifest_entry import manifest_entry
+    from openrlhf_ext.trajectory.tools.convert import load_tokenizer
+    from openrlhf_ext.trajectory.tools.convert_npz import find_npz_steps, npz_step_records, read_npz_step
 
     tokenizer = load_tokenizer(tokenizer_path)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,9 +103,8 @@ def naive_convert(src: Path, out_dir: Path, tokenizer_path: str, ratio: float, l
         records = list(records)
         name = step_file_name(step.global_step)
         atomic_write_bytes(out_dir / name, dumps_records(records))
-        upsert_manifest(out_dir / "manifest.jsonl", {"global_step": step.global_step, "file": name,
-                                                     "high_entropy_threshold": info["threshold"],
-                                                     **npz_step_stats(step)})
+        upsert_manifest(out_dir / "manifest.jsonl",
+                        manifest_entry(step.global_step, num_saved=len(records), ratio=ratio, **info))
 
 
 def child(args) -> None:
@@ -114,7 +114,7 @@ def child(args) -> None:
     import torch  # noqa: F401  (imported by the converter anyway: count it in the baseline)
     import transformers  # noqa: F401
 
-    from openrlhf_ext.trajectory.convert import convert
+    from openrlhf_ext.trajectory.tools.convert import convert
 
     baseline = rss_mb()
     if args.tracemalloc:

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from openrlhf_ext.trajectory import TrajectorySaver  # noqa: E402
-from openrlhf_ext.trajectory.files import dumps_records, load_trajectories  # noqa: E402
+from openrlhf_ext.trajectory import TrajectorySaver, load_trajectories  # noqa: E402
+from openrlhf_ext.trajectory.files import dumps_records  # noqa: E402
 from tests.conftest import make_byte_level_tokenizer  # noqa: E402
 
 

@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openrlhf_ext.trajectory import TrajectorySaver, high_entropy_mask, load_trajectories, token_texts
-from openrlhf_ext.trajectory.cli import main as cli_main
-from openrlhf_ext.trajectory.convert import ConvertError, convert, load_tokenizer
-from openrlhf_ext.trajectory.convert_jsonl import word_chunks
+from openrlhf_ext.trajectory.tools.cli import main as cli_main
+from openrlhf_ext.trajectory.tools.convert import convert, load_tokenizer
+from openrlhf_ext.trajectory.tools.convert_jsonl import word_chunks
+from openrlhf_ext.trajectory.tools.errors import ConvertError
 from tests.conftest import make_byte_level_tokenizer, make_experience
 
 
@@ -231,8 +232,8 @@ def test_jsonl_rollouts_become_unmarked_text_records(tmp_path):
 def test_docstring_examples():
     import doctest
 
-    from openrlhf_ext.trajectory import convert as convert_mod
-    from openrlhf_ext.trajectory import convert_jsonl, convert_npz
+    from openrlhf_ext.trajectory.tools import convert as convert_mod
+    from openrlhf_ext.trajectory.tools import convert_jsonl, convert_npz
 
     for module in (convert_mod, convert_npz, convert_jsonl):
         assert doctest.testmod(module, optionflags=doctest.ELLIPSIS).failed == 0, module.__name__

@@ -159,3 +159,20 @@ def test_atomic_writes_keep_ordinary_permissions(tmp_path):
     os.chmod(target, 0o640)
     atomic_write_bytes(target, b"{}")
     assert target.stat().st_mode & 0o777 == 0o640  # an existing file keeps its mode
+
+
+UMASK_CHECK = r"""
+import os, sys
+os.umask(0o027)
+from openrlhf_ext.trajectory.files import atomic_write_bytes
+atomic_write_bytes(sys.argv[1], b"{}")
+print(oct(os.stat(sys.argv[1]).st_mode & 0o777), oct(os.umask(0o027)))
+"""
+
+
+def test_a_new_file_gets_the_process_umask_which_stays_as_it_was(tmp_path):
+    """A run started under umask 027 (group-readable, private to others) writes its files so."""
+    res = subprocess.run([sys.executable, "-c", UMASK_CHECK, str(tmp_path / "summary.json")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["0o640", "0o27"]

@@ -17,17 +17,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from openrlhf_ext.trajectory.cli import main as cli_main
-from openrlhf_ext.trajectory import report as report_mod
-from openrlhf_ext.trajectory.report import (
+from openrlhf_ext.trajectory.tools import report as report_mod
+from openrlhf_ext.trajectory.tools.cli import main as cli_main
+from openrlhf_ext.trajectory.tools.report import (
     LargeReportWarning,
     ReportError,
     build_report,
     find_viewer_html,
-    parse_steps,
     script_safe_json,
     write_report,
 )
+from openrlhf_ext.trajectory.tools.steps import parse_steps
 
 # The other tool's file: in the repository's tests/fixtures/ once copied there, else in the shared
 # folder next to the checkout.
@@ -321,7 +321,7 @@ def test_other_tools_file_opens_in_a_report(tmp_path, browser):
 
 def test_converted_rollouts_open_cleanly_in_a_report(tmp_path, browser):
     """convert -> report: the converted files, manifest and summary load with no problem."""
-    from openrlhf_ext.trajectory.convert import convert
+    from openrlhf_ext.trajectory.tools.convert import convert
 
     src = tmp_path / "rollouts"
     src.mkdir()

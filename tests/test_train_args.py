@@ -35,7 +35,7 @@ def test_batch_sizes_that_do_not_divide(capsys):
 
 def test_ratio_out_of_range_and_group_estimator_without_groups(capsys):
     err = _error(["--pretrain", "m", "--policy_loss_entropy_top_ratio", "1.5"], capsys)
-    assert "--policy_loss_entropy_top_ratio must be in (0, 1]" in err
+    assert "argument --policy_loss_entropy_top_ratio: ratio must be in (0, 1]" in err
     err = _error(["--pretrain", "m", "--n_samples_per_prompt", "1", "--train_batch_size", "8",
                   "--micro_train_batch_size", "8", "--advantage_estimator", "rloo"], capsys)
     assert "--n_samples_per_prompt to 2 or more" in err

@@ -16,6 +16,7 @@ import importlib.util
 import os
 
 from openrlhf_ext.trajectory import add_trajectory_args
+from openrlhf_ext.trajectory.args import ratio_type
 
 ADVANTAGE_ESTIMATORS = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 
@@ -123,7 +124,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--l2", type=float, default=0.0, help="weight decay")
     g.add_argument("--max_norm", type=float, default=1.0, help="gradient clipping")
     g.add_argument("--entropy_loss_coef", type=float, default=0.0, help="subtract coef * mean entropy from the policy loss")
-    g.add_argument("--policy_loss_entropy_top_ratio", type=float, default=None,
+    g.add_argument("--policy_loss_entropy_top_ratio", type=ratio_type, default=None,
                    help="train only on the top-ratio highest-entropy response tokens of each step "
                         "(arXiv 2506.01939, e.g. 0.2); independent of the saved marks")
 
@@ -197,11 +198,6 @@ def validate_args(args: argparse.Namespace) -> list[str]:
         errs.append(f"--temperature must be above 0 (got {args.temperature}).")
     if not 0.0 < args.top_p <= 1.0:
         errs.append(f"--top_p must be in (0, 1] (got {args.top_p}).")
-    if args.policy_loss_entropy_top_ratio is not None and not 0.0 < args.policy_loss_entropy_top_ratio <= 1.0:
-        errs.append(f"--policy_loss_entropy_top_ratio must be in (0, 1], e.g. 0.2 (got {args.policy_loss_entropy_top_ratio}).")
-    ratio = getattr(args, "high_entropy_token_ratio", None)
-    if ratio is not None and not 0.0 < ratio <= 1.0:
-        errs.append(f"--high_entropy_token_ratio must be in (0, 1], e.g. 0.2 (got {ratio}).")
     if args.init_kl_coef < 0:
         errs.append(f"--init_kl_coef must be 0 or more (got {args.init_kl_coef}).")
     if args.use_kl_loss and args.init_kl_coef == 0:

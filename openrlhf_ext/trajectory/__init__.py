@@ -1,6 +1,7 @@
 """The trajectory saver core: per-token entropy, high-entropy marks, lossless token texts, files.
 
-Stands alone (torch, numpy, a tokenizer, jinja2): use it from any trainer.
+Stands alone (torch, numpy, a tokenizer): use it from any trainer. Reading and checking files is
+``trajectory.format``; the ``openrlhf-traj`` tools (stats, report, convert) are ``trajectory.tools``.
 
 Example:
     >>> from openrlhf_ext.trajectory import add_trajectory_args, TrajectorySaver   # doctest: +SKIP
@@ -12,12 +13,12 @@ import importlib
 # Public name -> module. Loaded on first use, so that `openrlhf-traj validate` and `stats` start
 # without importing torch (seconds on a laptop).
 _EXPORTS = {
-    "TrajectoryFormatError": "schema",
+    "TrajectoryFormatError": "format.schema",
     "TrajectorySaver": "saver",
     "add_trajectory_args": "args",
     "build_record": "records",
     "high_entropy_mask": "marks",
-    "load_trajectories": "files",
+    "load_trajectories": "format.reading",
     "token_entropy": "entropy",
     "token_texts": "texts",
 }

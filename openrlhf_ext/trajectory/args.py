@@ -3,18 +3,24 @@ from __future__ import annotations
 
 import argparse
 
-from .marks import SCOPES
+from .marks import SCOPES, check_ratio
 from .sampling import SAMPLING_MODES
 
 
-def _ratio(text: str) -> float:
+def ratio_type(text: str) -> float:
+    """The argparse ``type`` of every ratio flag (``marks.check_ratio``), so that a bad value is
+    an argparse error that names the flag and says what a ratio is.
+
+    Example:
+        >>> p = argparse.ArgumentParser(prog="train")
+        >>> _ = p.add_argument("--ratio", type=ratio_type)
+        >>> p.parse_args(["--ratio", "0.1"]).ratio
+        0.1
+    """
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (0.2 marks the top 20% of tokens), got {text}")
-    return value
+        return check_ratio(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _count(minimum: int):
@@ -44,7 +50,7 @@ def add_trajectory_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     g.add_argument("--save_trajectories", action="store_true", help="write trajectories_step_N.json files")
     g.add_argument("--num_trajectories_to_save", type=_count(0), default=10, help="responses saved per step (default 10)")
     g.add_argument("--mark_high_entropy_tokens", action="store_true", help="mark the step's top-ratio highest-entropy tokens")
-    g.add_argument("--high_entropy_token_ratio", type=_ratio, default=0.2, help="share of tokens marked, in (0, 1] (default 0.2)")
+    g.add_argument("--high_entropy_token_ratio", type=ratio_type, default=0.2, help="share of tokens marked, in (0, 1] (default 0.2)")
     g.add_argument("--high_entropy_scope", choices=SCOPES, default="step",
                    help="rank tokens over the whole step (default) or inside each response")
     g.add_argument("--trajectory_save_steps", type=_count(1), default=1, help="save every N global steps (default 1)")

@@ -1,15 +1,17 @@
-"""Files of a trajectory run (FORMAT.md): atomic writes, strict JSON, the manifest, the npz trace.
+"""Files of a trajectory run (FORMAT.md), as the saver writes them: file names, atomic writes,
+strict JSON, the manifest, the summary and the npz trace.
 
-Writers: every file is written to a temporary file in the same folder, flushed, fsynced and moved
-over the target with ``os.replace``, so a reader never sees half a file and a crash loses at most
-the file being written. JSON is strict: NaN and infinities become ``null``.
+Every file is written to a temporary file in the same folder, flushed, fsynced and moved over the
+target with ``os.replace``, so a reader never sees half a file and a crash loses at most the file
+being written. JSON is strict: NaN and infinities become ``null``.
 
-Readers (``load_trajectories``, ``read_manifest``) treat every file as possibly hostile or broken
-and say what is wrong and where.
+Reading and checking files is ``openrlhf_ext.trajectory.format``'s job; this module reads only
+what a writer must (the manifest it rewrites, the summary whose ``created_at`` it keeps).
 """
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import tempfile
@@ -21,18 +23,67 @@ import numpy as np
 import orjson
 
 FORMAT_VERSION = 1  # of FORMAT.md; readers must keep opening version 1
+
+# ----------------------------------------------------------------------------- file names
+# The one place that knows them: writers, readers and the tools all ask here.
+
+# trajectories_step_12.json[.gz], and other tools' names such as other_tool_trajectories_step_20.json.
 STEP_FILE_RE = re.compile(r"^(?:.*_)?trajectories_step_(\d+)\.json(\.gz)?$")
 NPZ_FILE_RE = re.compile(r"^step_(\d+)\.npz$")
+MANIFEST_FILE = "manifest.jsonl"
+SUMMARY_FILE = "summary.json"
+STEPS_DIR = "steps"  # the npz traces' folder inside a run's trajectories folder
 
 
 def step_file_name(global_step: int) -> str:
-    """``trajectories_step_<N>.json``, N not zero-padded (FORMAT.md)."""
+    """``trajectories_step_<N>.json``, N not zero-padded (FORMAT.md).
+
+    Example:
+        >>> step_file_name(12), step_of_file_name("trajectories_step_12.json.gz")
+        ('trajectories_step_12.json', 12)
+    """
     return f"trajectories_step_{int(global_step)}.json"
 
 
 def npz_file_name(global_step: int) -> str:
-    """``step_<NNNNNN>.npz`` inside the ``steps/`` folder."""
+    """``step_<NNNNNN>.npz`` inside the ``steps/`` folder.
+
+    Example:
+        >>> npz_file_name(3), npz_step_of_file_name("step_000003.npz")
+        ('step_000003.npz', 3)
+    """
     return f"step_{int(global_step):06d}.npz"
+
+
+def step_of_file_name(name: str) -> int | None:
+    """The step N of a step file's name (``[..._]trajectories_step_N.json[.gz]``), else None."""
+    match = STEP_FILE_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def npz_step_of_file_name(name: str) -> int | None:
+    """The step N of an npz trace's name (``step_N.npz``), else None."""
+    match = NPZ_FILE_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _list_by_step(folder, step_of) -> list[tuple[int, Path]]:
+    found = []
+    for p in Path(folder).iterdir():
+        step = step_of(p.name)
+        if step is not None and p.is_file():
+            found.append((step, p))
+    return sorted(found, key=lambda sp: (sp[0], sp[1].name))
+
+
+def list_step_files(folder) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every step file in ``folder``, by step number."""
+    return _list_by_step(folder, step_of_file_name)
+
+
+def list_npz_files(folder) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_N.npz`` in ``folder`` (a ``steps/`` folder), by step number."""
+    return _list_by_step(folder, npz_step_of_file_name)
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -69,24 +120,41 @@ def atomic_write_bytes(path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _read_umask() -> int:
-    umask = os.umask(0)  # the only way to read it is to set it: done once, at import
-    os.umask(umask)
-    return umask
-
-
-_UMASK = _read_umask()
-
-
 def _mode_for(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o777
     except OSError:
-        return 0o666 & ~_UMASK
+        return 0o666 & ~_umask()
 
 
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+_UMASK: int | None = None
+
+
+def _umask() -> int:
+    """The process umask, read on the first write that needs it (not at import).
+
+    Linux says it in /proc/self/status; elsewhere the only way to read it is to set it and set it
+    back, which is done once, so the window in which another thread's file could get the wrong
+    mode is one pair of system calls in the run.
+    """
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = _umask_from_proc()
+        if _UMASK is None:
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return _UMASK
+
+
+def _umask_from_proc() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -137,6 +205,21 @@ def dumps_strict_json(obj, indent: bool = False) -> bytes:
     return orjson.dumps(obj, default=_json_default, option=opts)
 
 
+def finite_or_none(x) -> float | None:
+    """``x`` as a python float, or None when it is not a finite number: how strict JSON writes a
+    value (FORMAT.md: "a value that is not finite is written as null").
+
+    Example:
+        >>> finite_or_none(np.float32(1.5)), finite_or_none(float("nan")), finite_or_none("inf"), finite_or_none(None)
+        (1.5, None, None, None)
+    """
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
 def _records_bytes(records) -> tuple[bytes, int]:
     buffer = io.BytesIO()
     buffer.write(b"[")
@@ -162,11 +245,12 @@ def write_records(path, records) -> int:
     return count
 
 
-# ----------------------------------------------------------------------------- manifest / npz
+# ----------------------------------------------------------------------------- manifest / summary / npz
 
 
 def read_manifest(path) -> list[dict]:
-    """The manifest's entries; a torn or foreign line is skipped rather than fatal."""
+    """The manifest's entries (``[]`` when there is none); a torn or foreign line is skipped
+    rather than fatal. The writer rewrites the manifest from these; readers use them too."""
     path = Path(path)
     if not path.exists():
         return []
@@ -182,10 +266,10 @@ def read_manifest(path) -> list[dict]:
 
 
 def upsert_manifest(path, entry: dict) -> None:
-    """Add ``entry`` to manifest.jsonl, replacing an older entry for the same ``global_step``.
+    """Put ``entry`` in manifest.jsonl, replacing an older entry for the same ``global_step``.
 
-    A resumed run that saves a step again therefore leaves one line per step, in step order. The
-    whole file is rewritten atomically (it holds one short line per saved step).
+    The whole file is rewritten atomically, sorted by step (it holds one short line per saved
+    step), so a resumed run that saves a step again leaves one line per step, in step order.
     """
     step = entry.get("global_step")
     entries = [e for e in read_manifest(path) if e.get("global_step") != step]
@@ -205,12 +289,11 @@ def forget_steps_after(folder, step: int) -> list[str]:
     if not folder.is_dir():
         return []
     removed = [p for s, p in list_step_files(folder) if s > step]
-    steps_dir = folder / "steps"
-    if steps_dir.is_dir():
-        removed += [p for p in steps_dir.iterdir() if (m := NPZ_FILE_RE.match(p.name)) and int(m.group(1)) > step]
+    if (folder / STEPS_DIR).is_dir():
+        removed += [p for s, p in list_npz_files(folder / STEPS_DIR) if s > step]
     for p in removed:
         p.unlink()
-    manifest = folder / "manifest.jsonl"
+    manifest = folder / MANIFEST_FILE
     if manifest.exists():
         kept = []
         for line in manifest.read_bytes().splitlines():
@@ -234,14 +317,14 @@ def write_summary(folder, fields: dict, created_at: str | None = None) -> None:
     existing summary unless given), ``updated_at``, and ``latest_step``/``num_steps_written`` from
     the manifest, followed by ``fields`` (model, tokenizer, flags, ...)."""
     folder = Path(folder)
-    path = folder / "summary.json"
+    path = folder / SUMMARY_FILE
     if created_at is None:
         try:
             previous = orjson.loads(path.read_bytes()) if path.exists() else {}
         except (OSError, orjson.JSONDecodeError):  # a broken summary is rewritten, not fatal
             previous = {}
         created_at = previous.get("created_at") if isinstance(previous, dict) else None
-    steps = [e["global_step"] for e in read_manifest(folder / "manifest.jsonl") if isinstance(e.get("global_step"), int)]
+    steps = [e["global_step"] for e in read_manifest(folder / MANIFEST_FILE) if isinstance(e.get("global_step"), int)]
     summary = {
         "format_version": FORMAT_VERSION,
         "created_at": created_at or utc_now(),
@@ -264,69 +347,3 @@ def write_npz(path, arrays: dict) -> None:
                 np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
 
-
-def list_step_files(folder) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every ``trajectories_step_N.json[.gz]`` in ``folder``, by step number."""
-    found = []
-    for p in Path(folder).iterdir():
-        m = STEP_FILE_RE.match(p.name)
-        if m and p.is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found, key=lambda sp: (sp[0], sp[1].name))
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def resolve_step_files(path) -> list[Path]:
-    """The step files that ``path`` names: a step file, a trajectories folder, or a run's
-    ``save_path`` that holds ``trajectories/``. Raises FileNotFoundError with what was looked for.
-    """
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such file or folder")
-    for folder in (path, path / "trajectories"):
-        if folder.is_dir():
-            files = [p for _, p in list_step_files(folder)]
-            if files:
-                return files
-    raise FileNotFoundError(f"{path}: no trajectories_step_<N>.json files here or in {path / 'trajectories'}")
-
-
-def load_trajectories(path, strict: bool = True) -> list[dict]:
-    """Read the records of a step file or of every step file of a run folder, checked against
-    FORMAT.md.
-
-    Args:
-        path: ``trajectories_step_N.json`` (or ``.json.gz``), a folder of them, or a run's
-            ``save_path`` holding ``trajectories/``.
-        strict: raise ``TrajectoryFormatError`` listing every problem (file, record, field).
-            With ``strict=False`` broken files are skipped and malformed records dropped, so you
-            get what can be read.
-
-    Example:
-        >>> recs = load_trajectories("runs/demo/trajectories")          # doctest: +SKIP
-        >>> recs[0]["pure_generated_text"], recs[0]["info"]["reward"]   # doctest: +SKIP
-    """
-    from .schema import TrajectoryFormatError, _record_problems, parse_json_file, validate_records
-
-    records: list[dict] = []
-    problems = []
-    for file in resolve_step_files(path):
-        data, parse_problems = parse_json_file(file)
-        problems.extend(parse_problems)
-        if data is None:
-            continue
-        file_problems = validate_records(data, str(file))
-        problems.extend(file_problems)
-        if not isinstance(data, list):
-            continue
-        if strict:
-            records.extend(data)
-        else:
-            records.extend(r for i, r in enumerate(data) if not _record_problems(r, i, str(file)))
-    if strict and problems:
-        raise TrajectoryFormatError(problems)
-    return records

@@ -9,10 +9,36 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-import torch
+# torch is imported in the functions that use it, so that the rule itself (check_ratio, top_count,
+# SCOPES) loads without it: the command-line tools check their flags with it and start in a
+# fraction of a second.
+if TYPE_CHECKING:
+    import torch
 
 SCOPES = ("step", "response")
+
+
+def check_ratio(value) -> float:
+    """The ratio ``value`` as a float, or ValueError saying what a ratio is. THE rule for every
+    ratio of tokens to mark or to train on: a number in (0, 1].
+
+    Example:
+        >>> check_ratio("0.2")
+        0.2
+        >>> check_ratio(1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: ratio must be in (0, 1] (0.2 is the top 20% of tokens), got 1.5
+    """
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"ratio must be a number in (0, 1], got {value!r}") from None
+    if not 0 < ratio <= 1:  # NaN fails too
+        raise ValueError(f"ratio must be in (0, 1] (0.2 is the top 20% of tokens), got {value}")
+    return ratio
 
 
 def top_count(ratio: float, n: int) -> int:
@@ -29,15 +55,15 @@ def top_count(ratio: float, n: int) -> int:
         >>> top_count(0.01, 3)
         1
     """
-    if not 0 < ratio <= 1:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    ratio = check_ratio(ratio)
     if n <= 0:
         return 0
-    return max(1, math.ceil(Decimal(repr(float(ratio))) * n))
+    return max(1, math.ceil(Decimal(repr(ratio)) * n))
 
 
 def _gather_values(values: torch.Tensor, group) -> torch.Tensor:
     """Concatenate every rank's 1-D ``values`` (lengths may differ) on every rank."""
+    import torch
     import torch.distributed as dist
 
     world = dist.get_world_size(group)
@@ -87,11 +113,13 @@ def high_entropy_mask(
         >>> marks.tolist(), tau
         ([[False, True, False], [True, False, False]], 2.0)
     """
+    import torch
+
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if entropy.shape != mask.shape:
         raise ValueError(f"entropy {tuple(entropy.shape)} and mask {tuple(mask.shape)} differ in shape")
-    top_count(ratio, 1)  # validates ratio on every path
+    ratio = check_ratio(ratio)  # on every path, even a step without tokens
     entropy = entropy.detach().float()
     valid = mask.bool() & torch.isfinite(entropy)  # (B, A)
 
@@ -123,4 +151,6 @@ def high_entropy_mask(
 
 
 def _distributed_ready() -> bool:
+    import torch
+
     return torch.distributed.is_available() and torch.distributed.is_initialized()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .files import finite_or_none
 from .texts import token_texts
 
 
@@ -23,7 +24,9 @@ class StepBatch:
     responses: np.ndarray  # (R, A) response token ids, right-padded
     mask: torch.Tensor  # (R, A) bool, true on real response tokens
     entropy: torch.Tensor  # (R, A) entropy of the sampling distribution, NaN where unknown
-    log_probs: torch.Tensor  # (R, A) log-prob of the sampled token under the rollout policy, NaN where unknown
+    # (R, A) log-prob of the sampled token, recomputed by the trainer under the weights that sampled
+    # it (not the rollout engine's own); NaN where unknown
+    log_probs: torch.Tensor
     advantages: np.ndarray  # (R,) mean advantage over the response tokens
     returns: np.ndarray  # (R,) mean return over the response tokens
     rewards: np.ndarray  # (R,)
@@ -155,12 +158,6 @@ def _float(x) -> float:
         return float("nan")
 
 
-def _json_number(x):
-    """A python float, or None when not finite (strict JSON)."""
-    x = _float(x)
-    return x if np.isfinite(x) else None
-
-
 def build_record(
     tokenizer,
     *,
@@ -186,12 +183,18 @@ def build_record(
     ``entropy``, ``log_probs`` and ``high_entropy`` are lists as long as ``response_ids``
     (non-finite values become null).
 
-    Example:
-        >>> rec = build_record(tok, global_step=3, experience_index=0, sample_in_exp=1,   # doctest: +SKIP
-        ...     prompt_ids=[5, 6], response_ids=[7], entropy=[1.2], log_probs=[-0.3],
-        ...     high_entropy=[True], advantages=0.5, returns=0.5, info={"reward": 1.0})
-        >>> rec["pure_generated_tokens"][0]["high_entropy"]                                # doctest: +SKIP
-        True
+    Example (a toy byte-level tokenizer: an id is a byte, and a character split over several
+    tokens goes whole to the one that completes it):
+        >>> from openrlhf_ext.trajectory.toy import toy_tokenizer
+        >>> response = list("ok 🙂".encode())                     # 7 bytes, 7 tokens
+        >>> rec = build_record(toy_tokenizer(), global_step=3, experience_index=0, sample_in_exp=1,
+        ...     prompt_ids=list(b"Hi?"), response_ids=response, entropy=[0.1, 0.2, 0.3, 2.5, 0.4, 0.5, float("nan")],
+        ...     log_probs=[-0.1] * 7, high_entropy=[False, False, False, True, False, False, False],
+        ...     advantages=0.5, returns=0.5, info={"reward": 1.0})
+        >>> [t["text"] for t in rec["pure_generated_tokens"]], rec["pure_generated_text"]
+        (['o', 'k', ' ', '', '', '', '🙂'], 'ok 🙂')
+        >>> rec["pure_generated_tokens"][6]["entropy_score"], rec["info"], rec["prompt_text"]
+        (None, {'reward': 1.0, 'response_length': 7}, 'Hi?')
     """
     n_prompt = len(prompt_ids)
     full_texts = token_texts(tokenizer, list(prompt_ids) + list(response_ids))
@@ -203,9 +206,9 @@ def build_record(
         return {
             "text": text,
             "high_entropy": bool(high_entropy[j]),
-            "entropy_score": _json_number(entropy[j]),
+            "entropy_score": finite_or_none(entropy[j]),
             "id": int(tid),
-            "logprob": _json_number(log_probs[j]),
+            "logprob": finite_or_none(log_probs[j]),
         }
 
     prompt_tokens = [
@@ -217,7 +220,7 @@ def build_record(
     ]
     pure = [response_token(text, j, tid) for j, (text, tid) in enumerate(zip(pure_texts, response_ids))]
     info = {k: _info_value(v) for k, v in info.items()}
-    info["reward"] = _json_number(info.get("reward"))
+    info["reward"] = finite_or_none(info.get("reward"))
     info["response_length"] = len(response_ids)
     prompt_decoded = "".join(full_texts[:n_prompt])
     return {
@@ -228,13 +231,13 @@ def build_record(
         "pure_generated_tokens": pure,
         "generated_text": "".join(full_texts),
         "pure_generated_text": "".join(pure_texts),
-        "advantages": _json_number(advantages),
-        "return": _json_number(returns),
+        "advantages": finite_or_none(advantages),
+        "return": finite_or_none(returns),
         "info": info,
         "prompt_text": prompt_text if isinstance(prompt_text, str) else prompt_decoded,
         "label": label,
         "group_index": group_index,
-        "high_entropy_threshold": _json_number(threshold),
+        "high_entropy_threshold": finite_or_none(threshold),
         "high_entropy_token_ratio": ratio,
     }
 
@@ -243,10 +246,10 @@ def _info_value(v):
     if isinstance(v, (bool, int, str)) or v is None:
         return v
     if isinstance(v, float):
-        return _json_number(v)
+        return finite_or_none(v)
     if isinstance(v, (list, tuple)):
         return [_info_value(x) for x in v]
     try:
-        return _json_number(float(v))
+        return finite_or_none(float(v))
     except (TypeError, ValueError):
         return str(v)

@@ -14,27 +14,37 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import forget_steps_after, npz_file_name, step_file_name, upsert_manifest, utc_now, write_npz
-from .files import write_records, write_summary
+from .files import MANIFEST_FILE, STEPS_DIR, forget_steps_after, npz_file_name, step_file_name, upsert_manifest
+from .files import write_npz, write_records, write_summary
+from .manifest_entry import manifest_entry
 from .marks import high_entropy_mask
+from .records import StepBatch, build_record, collect_step
 from .sampling import choose_responses
-from .records import StepBatch, _json_number, build_record, collect_step
-from .stats import entropy_histogram, entropy_summary
 
 logger = logging.getLogger(__name__)
-
 
 
 class TrajectorySaver:
     """Saves trajectories of training steps as FORMAT.md files.
 
-    Example:
-        >>> parser = add_trajectory_args(argparse.ArgumentParser())              # doctest: +SKIP
+    Example (a toy tokenizer and experience; in training, the model's tokenizer and the step's
+    experiences, read by attribute):
+        >>> import argparse, tempfile
+        >>> from openrlhf_ext.trajectory import add_trajectory_args, load_trajectories
+        >>> from openrlhf_ext.trajectory.toy import toy_experience, toy_tokenizer
+        >>> tokenizer = toy_tokenizer()
+        >>> parser = add_trajectory_args(argparse.ArgumentParser())
         >>> args = parser.parse_args(["--save_trajectories", "--mark_high_entropy_tokens",
-        ...                           "--save_path", "runs/demo"])                 # doctest: +SKIP
-        >>> saver = TrajectorySaver.from_args(args, tokenizer)                     # doctest: +SKIP
-        >>> saver.save_step(global_step, experiences)   # doctest: +SKIP
-        {'global_step': 1, 'file': 'trajectories_step_1.json', 'num_saved': 10, ...}
+        ...                           "--high_entropy_token_ratio", "0.25", "--trajectory_dir", tempfile.mkdtemp()])
+        >>> saver = TrajectorySaver.from_args(args, tokenizer)
+        >>> experience = toy_experience(tokenizer, ["1+1=", "1+1="], ["2", "11"], rewards=[1.0, 0.0])
+        >>> entry = saver.save_step(1, [experience])
+        >>> entry["file"], entry["num_responses"], entry["num_response_tokens"], entry["reward_mean"]
+        ('trajectories_step_1.json', 2, 3, 0.5)
+        >>> for record in load_trajectories(saver.out_dir):   # the top 25% of the step's 3 tokens: 1 marked
+        ...     print([(t["text"], round(t["entropy_score"], 2), t["high_entropy"]) for t in record["pure_generated_tokens"]])
+        [('2', 1.37, True)]
+        [('1', 1.05, False), ('1', 1.21, False)]
     """
 
     def __init__(
@@ -145,26 +155,21 @@ class TrajectorySaver:
             forks=marks.sum(-1).tolist(),
         )
         records = [self._record(batch, i, global_step, marks, threshold) for i in chosen]
-        name = step_file_name(global_step)
-        write_records(self.out_dir / name, records)
+        write_records(self.out_dir / step_file_name(global_step), records)
         if self.save_trace:
             self._write_trace(batch, global_step)
-        step_entropy = batch.entropy[batch.mask & torch.isfinite(batch.entropy)].numpy()  # (n,)
-        entry = {
-            "global_step": int(global_step),
-            "file": name,
-            "num_responses": len(batch),
-            "num_saved": len(records),
-            "num_response_tokens": int(batch.mask.sum()),
-            "high_entropy_token_ratio": self.ratio if self.mark_high_entropy else None,
-            "high_entropy_threshold": _threshold_value(threshold) if self.mark_high_entropy else None,
-            "entropy": entropy_summary(step_entropy),
-            **entropy_histogram(step_entropy),
-            "reward_mean": _json_number(np.nanmean(batch.rewards)) if np.isfinite(batch.rewards).any() else None,
-            "created_at": utc_now(),
-            "save_seconds": round(time.perf_counter() - started, 4),
-        }
-        upsert_manifest(self.out_dir / "manifest.jsonl", entry)
+        entry = manifest_entry(
+            global_step,
+            num_responses=len(batch),
+            num_saved=len(records),
+            entropies=batch.entropy[batch.mask].numpy(),  # (n,) every response token of the step
+            rewards=batch.rewards,
+            ratio=self.ratio if self.mark_high_entropy else None,
+            # per-response scope: one threshold per response, none for the step
+            threshold=None if isinstance(threshold, torch.Tensor) else threshold,
+            save_seconds=round(time.perf_counter() - started, 4),
+        )
+        upsert_manifest(self.out_dir / MANIFEST_FILE, entry)
         write_summary(self.out_dir, self.run_info)
         return entry
 
@@ -207,7 +212,7 @@ class TrajectorySaver:
             sample_index[i] = seen.get(g, 0)
             seen[g] = sample_index[i] + 1
         write_npz(
-            self.out_dir / "steps" / npz_file_name(global_step),
+            self.out_dir / STEPS_DIR / npz_file_name(global_step),
             {
                 "entropies": np.where(mask, batch.entropy.numpy()[:, :width], 0).astype(np.float16),  # (R, L)
                 "response_mask": mask,  # (R, L)
@@ -220,10 +225,4 @@ class TrajectorySaver:
                 "advantages": batch.advantages.astype(np.float32),  # (R,)
             },
         )
-
-
-def _threshold_value(threshold):
-    if isinstance(threshold, torch.Tensor):  # per-response scope: no single step threshold
-        return None
-    return _json_number(threshold)
 

@@ -316,6 +316,11 @@ def token_texts_batch(
         >>> rows = [tokenizer.encode("Hi"), tokenizer.encode("Hi 😊")]  # doctest: +SKIP
         >>> token_texts_batch(tokenizer, rows)                       # doctest: +SKIP
         [['Hi'], ['Hi', ' ', '', '😊']]
+
+    With the toy byte-level tokenizer (one token per byte), which runs here:
+        >>> from openrlhf_ext.trajectory.toy import toy_tokenizer
+        >>> token_texts_batch(toy_tokenizer(), [list(b"Hi"), list("a😊".encode())])
+        [['H', 'i'], ['a', '', '', '', '😊']]
     """
     kwargs = {"skip_special_tokens": False}
     kwargs.update(decode_kwargs or {})

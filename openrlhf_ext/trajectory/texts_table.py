@@ -40,7 +40,7 @@ def _backend(tokenizer: Any) -> Any:
 # ----------------------------------------------------------------------------- the id -> piece table
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from the 256 byte values to printable unicode characters."""
     bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
@@ -53,8 +53,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-_BYTE_OF_CHAR = {ord(c): chr(b) for b, c in _bytes_to_unicode().items()}  # str.translate table
-_DROP_MAPPED = {ord(c): None for c in _bytes_to_unicode().values()}  # leaves only unmapped chars
+_BYTE_OF_CHAR = {ord(c): chr(b) for b, c in bytes_to_unicode().items()}  # str.translate table
+_DROP_MAPPED = {ord(c): None for c in bytes_to_unicode().values()}  # leaves only unmapped chars
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>\Z")
 
 

@@ -14,11 +14,29 @@ Only these files are trusted; other trainers' summary.json / manifest.jsonl carr
 (format_version 2), so the step number comes from the file name. Arrays are read without pickle
 (`allow_pickle=False`): an object array (say a uid column of Python strings) is skipped with a
 warning rather than unpickled from a file that may be hostile.
+
+Example (a step of two responses, as the saver's --save_entropy_trace writes it; a toy byte-level
+tokenizer, so token ids are bytes):
+    >>> import tempfile
+    >>> from openrlhf_ext.trajectory.files import write_npz
+    >>> from openrlhf_ext.trajectory.toy import toy_tokenizer
+    >>> path = Path(tempfile.mkdtemp()) / "step_000003.npz"
+    >>> write_npz(path, {"entropies": np.array([[0.1, 2.0], [0.5, 0.0]], dtype=np.float16),
+    ...                  "response_mask": np.array([[True, True], [True, False]]),
+    ...                  "responses": np.array([list(b"ok"), [ord("!"), 0]], dtype=np.int32),
+    ...                  "response_index": np.arange(2, dtype=np.int32)})
+    >>> step = read_npz_step(path, 3)
+    >>> step.num_responses, int(step.response_mask.sum())
+    (2, 3)
+    >>> records, info = npz_step_records(step, toy_tokenizer(), ratio=0.3)   # k = ceil(0.3 * 3) = 1
+    >>> [[(t["text"], t["high_entropy"]) for t in r["pure_generated_tokens"]] for r in records]
+    [[('o', False), ('k', True)], [('!', False)]]
+    >>> info["threshold"], info["num_responses"]
+    (2.0, 2)
 """
 from __future__ import annotations
 
 import os
-import re
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -26,18 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-from openrlhf_ext.trajectory.marks import high_entropy_mask
-from openrlhf_ext.trajectory import build_record
-from openrlhf_ext.trajectory.sampling import choose_responses
-from openrlhf_ext.trajectory.stats import entropy_histogram, entropy_summary
+from ..files import STEPS_DIR, finite_or_none, list_npz_files, npz_step_of_file_name
+from ..marks import high_entropy_mask
+from ..records import build_record
+from ..sampling import choose_responses
+from .errors import ConvertError
 
 REQUIRED_KEYS = ("entropies", "response_mask", "responses", "response_index")
 OPTIONAL_KEYS = ("prompt_length", "uid", "sample_index", "rewards", "advantages")
-_NPZ_STEP_RE = re.compile(r"^step_(\d+)\.npz$")
-
-
-class ConvertError(Exception):
-    """Input that cannot be converted; the message names the file (and row, line or key)."""
 
 
 @dataclass
@@ -60,20 +74,15 @@ class NpzStep:
 def npz_steps_dir(src: Path) -> Path | None:
     """The folder holding step_NNNNNN.npz files for `src` (a run folder with steps/, or steps/
     itself), or None when there is none."""
-    for folder in (src / "steps", src):
-        if folder.is_dir() and any(_NPZ_STEP_RE.match(p.name) for p in folder.iterdir()):
+    for folder in (src / STEPS_DIR, src):
+        if folder.is_dir() and any(npz_step_of_file_name(p.name) is not None for p in folder.iterdir()):
             return folder
     return None
 
 
 def find_npz_steps(folder: Path) -> list[tuple[int, Path]]:
     """(global_step, path) of every step_NNNNNN.npz in `folder`, sorted by step."""
-    found = []
-    for path in folder.iterdir():
-        match = _NPZ_STEP_RE.match(path.name)
-        if match and path.is_file():
-            found.append((int(match.group(1)), path))
-    return sorted(found)
+    return list_npz_files(folder)
 
 
 def _memory_bytes() -> int | None:
@@ -120,12 +129,8 @@ def _read_key(npz, key: str, path: Path) -> np.ndarray | None:
 
 
 def read_npz_step(path: Path, global_step: int) -> NpzStep:
-    """Load and check one step file. Raises ConvertError naming the file and what is wrong.
-
-    Example:
-        >>> step = read_npz_step(Path("trace/steps/step_000003.npz"), 3)  # doctest: +SKIP
-        >>> step.entropies.shape, step.response_mask.sum()                # doctest: +SKIP
-    """
+    """Load and check one step file (see the module's example). Raises ConvertError naming the
+    file and what is wrong."""
     path = Path(path)
     try:
         # Compressed npz members cannot be memory-mapped; each array is inflated once, and only
@@ -210,12 +215,7 @@ def per_response(step: NpzStep, key: str, reduce: str = "mean") -> list | None:
         if reduce == "mean":
             total = total / np.maximum(step.response_mask.sum(axis=1), 1)
         value = total
-    out = []
-    for item in value.tolist():
-        if isinstance(item, float) and not np.isfinite(item):
-            item = None
-        out.append(item)
-    return out
+    return [finite_or_none(item) if isinstance(item, float) else item for item in value.tolist()]
 
 
 # ----------------------------------------------------------------------------- records
@@ -240,12 +240,8 @@ def _step_marks(step: NpzStep, ratio: float, scope: str):
     marks = marks.numpy() if hasattr(marks, "numpy") else np.asarray(marks)
     if scope == "response":
         per_row = threshold.tolist() if hasattr(threshold, "tolist") else list(threshold)
-        return marks, None, [_finite_or_none(t) for t in per_row]
-    return marks, _finite_or_none(float(threshold)), None
-
-
-def _finite_or_none(value) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
+        return marks, None, [finite_or_none(t) for t in per_row]
+    return marks, finite_or_none(threshold), None
 
 
 def npz_step_records(step: NpzStep, tokenizer, ratio: float, scope: str = "step", limit: int | None = None,
@@ -253,9 +249,10 @@ def npz_step_records(step: NpzStep, tokenizer, ratio: float, scope: str = "step"
     """(records iterator, step_info) of one npz step.
 
     The marks are computed over ALL responses of the step first (FORMAT.md); then `limit`
-    responses, picked as the saver picks them (`sampling`: first, groups, random, stratified;
-    seeded with `seed` + the step), become records (build_record, token_texts) one at a time, so a caller that
-    serialises each record before taking the next holds one record's objects at most.
+    responses, picked as the saver picks them (`sampling`: first, groups, forks, random,
+    stratified; seeded with `seed` + the step), become records (build_record, token_texts) one at
+    a time, so a caller that serialises each record before taking the next holds one record's
+    objects at most. `step_info` holds the manifest entry's numbers, over all the step's responses.
 
     The trace has no prompt ids, so a record's tokens are the response's alone; it has no returns
     (`return` is null) and no log-probs. `response_index`, `prompt_length`, `sample_index` and
@@ -307,9 +304,10 @@ def npz_step_records(step: NpzStep, tokenizer, ratio: float, scope: str = "step"
             )
 
     step_info = {
-        "threshold": threshold,
-        "rewards": rewards,
         "num_responses": step.num_responses,
+        "entropies": step.entropies[step.response_mask],  # (N,) every response token of the step
+        "rewards": rewards,
+        "threshold": threshold,
     }
     return records(), step_info
 
@@ -325,12 +323,3 @@ def _group_index(step: NpzStep) -> list[int] | None:
     numbering: dict = {}
     return [numbering.setdefault(u, len(numbering)) for u in uid.tolist()]
 
-
-def npz_step_stats(step: NpzStep) -> dict:
-    """The manifest's statistics over every finite response-token entropy of the step."""
-    values = step.entropies[step.response_mask]  # (N,) float32
-    return {
-        "num_response_tokens": int(step.response_mask.sum()),
-        "entropy": entropy_summary(values),
-        **entropy_histogram(values),
-    }

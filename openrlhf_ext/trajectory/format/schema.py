@@ -106,7 +106,7 @@ def validate_records(data, file: str) -> list[Problem]:
         if len(problems) > 200:
             problems.append(Problem(file, None, None, "too many problems; stopped checking"))
             break
-        problems.extend(_record_problems(rec, i, file))
+        problems.extend(record_problems(rec, i, file))
     return problems
 
 
@@ -115,7 +115,9 @@ _TEXT_FIELDS = ("generated_text", "pure_generated_text")
 _TOKEN_FIELDS = ("generated_tokens", "pure_generated_tokens")
 
 
-def _record_problems(rec, i: int, file: str) -> list[Problem]:
+def record_problems(rec, i: int, file: str) -> list[Problem]:
+    """Every problem of one record (``rec``, index ``i`` of ``file``): the fields FORMAT.md requires
+    and the types of those it allows."""
     if not isinstance(rec, dict):
         return [Problem(file, i, None, f"record must be an object, got {type(rec).__name__}")]
     out = []

@@ -17,78 +17,43 @@ The JSON is escaped for a script block (`script_safe_json`), so a token text suc
 `</script><script>alert(1)</script>` or `<!--` stays data. The page needs no network.
 
 Example:
-    >>> from openrlhf_ext.trajectory.report import write_report
+    >>> from openrlhf_ext.trajectory.tools.report import write_report
     >>> info = write_report(["runs/exp1/trajectories"], "report.html", steps="1,5,10-20",
     ...                     max_trajectories_per_step=8, gzip_data=True, title="exp1")  # doctest: +SKIP
     >>> info["files"], info["size_bytes"]  # doctest: +SKIP
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import gzip
 import os
 import re
-import sys
 import warnings
 from importlib import resources
 from pathlib import Path
 
 import jinja2
 
-from openrlhf_ext.trajectory.files import (
-    atomic_write_bytes,
-    dumps_strict_json,
-    load_trajectories,
-    resolve_step_files,
-)
+from ..files import MANIFEST_FILE, SUMMARY_FILE, atomic_write_bytes, dumps_strict_json, step_of_file_name
+from ..format import load_trajectories, resolve_step_files
+from .errors import ReportError
+from .steps import parse_steps
 
 VIEWER_FILE_NAME = "render_trajectories.html"
 # A report above this many bytes gets a warning: browsers parse it slowly and it is awkward to share.
 LARGE_REPORT_BYTES = 20 * 1024 * 1024
-# trajectories_step_12.json, and other tools' names such as other_tool_trajectories_step_20.json.
-_STEP_FILE_RE = re.compile(r"(?:^|_)step_(\d+)\.json(?:\.gz)?$")
-
-
-class ReportError(Exception):
-    """A report cannot be made (no viewer, no matching files); the message says why and what to do."""
 
 
 class LargeReportWarning(UserWarning):
     """The report is larger than `LARGE_REPORT_BYTES`; the message says how to make it smaller."""
 
 
-# ----------------------------------------------------------------------------- step selection
-
-def parse_steps(spec: str | None) -> set[int] | None:
-    """Parse a step selection such as "1,5,10-20" into a set of steps; None or "" means all steps.
-
-    Example:
-        >>> sorted(parse_steps("1,5,10-12"))
-        [1, 5, 10, 11, 12]
-    """
-    if spec is None or not spec.strip():
-        return None
-    steps: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if not match:
-            raise ValueError(f"bad step selection {part!r} in {spec!r}: expected e.g. 1,5,10-20")
-        first = int(match.group(1))
-        last = int(match.group(2)) if match.group(2) is not None else first
-        if last < first:
-            raise ValueError(f"bad step range {part!r} in {spec!r}: the end is before the start")
-        steps.update(range(first, last + 1))
-    return steps
-
-
 # ----------------------------------------------------------------------------- the viewer file
 
 def _repo_viewer_path() -> Path:
-    # openrlhf_ext/trajectory/report.py -> <repo>/viewer/render_trajectories.html (a checkout or
-    # an editable install).
-    return Path(__file__).resolve().parents[2] / "viewer" / VIEWER_FILE_NAME
+    # openrlhf_ext/trajectory/tools/report.py -> <repo>/viewer/render_trajectories.html (a
+    # checkout or an editable install).
+    return Path(__file__).resolve().parents[3] / "viewer" / VIEWER_FILE_NAME
 
 
 def find_viewer_html(explicit: str | os.PathLike | None = None) -> tuple[str, str]:
@@ -174,11 +139,6 @@ def _embedded_file(name: str, data, gzip_data: bool) -> dict:
 
 # ----------------------------------------------------------------------------- input files
 
-def _step_of_name(path: Path) -> int | None:
-    match = _STEP_FILE_RE.search(path.name)
-    return int(match.group(1)) if match else None
-
-
 def find_step_files(paths) -> list[tuple[int | None, Path]]:
     """(step, file) for every trajectory file named by `paths`, sorted by step.
 
@@ -194,7 +154,7 @@ def find_step_files(paths) -> list[tuple[int | None, Path]]:
             files = resolve_step_files(path)
         except FileNotFoundError as error:
             raise ReportError(str(error)) from error
-        found.extend((_step_of_name(p), p) for p in files)
+        found.extend((step_of_file_name(p.name), p) for p in files)
     return sorted(found, key=lambda item: (item[0] is None, item[0] or 0, str(item[1])))
 
 
@@ -209,7 +169,7 @@ def _run_metadata(paths) -> list[tuple[str, str]]:
         return []
     folder = resolve_step_files(folders[0])[0].parent  # a save_path's trajectories/ too
     out = []
-    for name in ("manifest.jsonl", "summary.json"):
+    for name in (MANIFEST_FILE, SUMMARY_FILE):
         path = folder / name
         if path.is_file():
             try:
@@ -245,7 +205,7 @@ def build_report(
     """
     if max_trajectories_per_step is not None and max_trajectories_per_step < 1:
         raise ValueError("max_trajectories_per_step must be at least 1")
-    wanted = parse_steps(steps) if isinstance(steps, str) or steps is None else set(steps)
+    wanted = parse_steps(steps)
     viewer_html, viewer_where = find_viewer_html(viewer)
 
     chosen: list[tuple[Path, list]] = []
@@ -276,7 +236,7 @@ def build_report(
 
     head, tail = _split_for_hook(viewer_html)
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("openrlhf_ext.trajectory", "templates"),
+        loader=jinja2.PackageLoader(__package__, "templates"),
         # No HTML autoescape: the viewer is inserted verbatim and the data is escaped for its
         # script-block context by script_safe_json (HTML-escaping would corrupt the JSON).
         autoescape=False,
@@ -310,7 +270,7 @@ def write_report(paths, output, warn_bytes: int | None = None, **kwargs) -> dict
         hints.append("--max_trajectories_per_step N (fewer trajectories per step)")
         hints.append("--steps 1,5,10-20 (fewer steps)")
         warnings.warn(
-            f"{output}: the report is {_human_size(len(data))} (over {_human_size(warn_bytes)}); "
+            f"{output}: the report is {human_size(len(data))} (over {human_size(warn_bytes)}); "
             "browsers open it slowly and it is awkward to share. To make it smaller use "
             + ", ".join(hints) + ".",
             LargeReportWarning,
@@ -321,71 +281,6 @@ def write_report(paths, output, warn_bytes: int | None = None, **kwargs) -> dict
     return info
 
 
-def _human_size(num_bytes: int) -> str:
+def human_size(num_bytes: int) -> str:
+    """``12.3 MiB`` or ``4.5 KiB``: sizes as the report's messages give them."""
     return f"{num_bytes / 2**20:.1f} MiB" if num_bytes >= 2**20 else f"{num_bytes / 1024:.1f} KiB"
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def run_report(args: argparse.Namespace) -> int:
-    """Handler of `openrlhf-traj report`."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", LargeReportWarning)
-        warnings.showwarning = _print_warning
-        try:
-            info = write_report(
-                args.paths,
-                args.output,
-                steps=args.steps,
-                max_trajectories_per_step=args.max_trajectories_per_step,
-                gzip_data=args.gzip,
-                title=args.title,
-                viewer=args.viewer,
-                include_run_files=not args.no_run_files,
-            )
-        except (ReportError, ValueError) as error:
-            print(f"openrlhf-traj report: error: {error}", file=sys.stderr)
-            return 2
-    print(
-        f"wrote {args.output}: {len(info['files'])} file(s), {info['num_records']} trajectories, "
-        f"{_human_size(info['size_bytes'])}"
-    )
-    return 0
-
-
-def _print_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"openrlhf-traj report: warning: {message}", file=sys.stderr)
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `report` on the openrlhf-traj CLI (`subparsers` from add_subparsers())."""
-    parser = subparsers.add_parser(
-        "report",
-        help="write one HTML file holding the viewer and the chosen steps' trajectories",
-        description="Write one self-contained HTML file (the viewer plus the data) that opens "
-        "from disk with no network. Example: openrlhf-traj report runs/exp1/trajectories "
-        "-o report.html --steps 1,5,10-20 --max_trajectories_per_step 8 --gzip",
-    )
-    parser.add_argument("paths", nargs="+", help="trajectory files or run folders (trajectories/)")
-    parser.add_argument("-o", "--output", required=True, help="the HTML file to write")
-    parser.add_argument("--steps", default=None, help="steps to include, e.g. 1,5,10-20 (default: all)")
-    parser.add_argument(
-        "--max_trajectories_per_step", type=int, default=None,
-        help="keep only the first N trajectories of each step (default: all)",
-    )
-    parser.add_argument(
-        "--gzip", action="store_true",
-        help="embed the data gzip-compressed (decompressed in the page); much smaller files",
-    )
-    parser.add_argument("--title", default=None, help="title shown by the viewer")
-    parser.add_argument(
-        "--viewer", default=None,
-        help="viewer HTML to embed (default: the repository's viewer/render_trajectories.html "
-        "or the packaged copy)",
-    )
-    parser.add_argument(
-        "--no_run_files", action="store_true",
-        help="do not embed the run folder's manifest.jsonl and summary.json",
-    )
-    parser.set_defaults(func=run_report)
-    return parser

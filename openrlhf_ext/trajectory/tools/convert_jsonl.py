@@ -12,12 +12,13 @@ the same characters but leave nothing to point at.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Iterator
 
-from openrlhf_ext.trajectory.convert_npz import ConvertError
+from ..files import MANIFEST_FILE, finite_or_none
+from ..sampling import choose_responses
+from .errors import ConvertError
 
 # Spaces/tabs + a word, or one newline, or other whitespace: every character matches exactly one
 # alternative, so "".join(chunks) == text.
@@ -40,7 +41,7 @@ def find_jsonl_files(src: Path) -> list[Path]:
     in natural order (2.jsonl before 10.jsonl)."""
     if src.is_file():
         return [src]
-    files = [p for p in src.iterdir() if p.is_file() and p.suffix == ".jsonl" and p.name != "manifest.jsonl"]
+    files = [p for p in src.iterdir() if p.is_file() and p.suffix == ".jsonl" and p.name != MANIFEST_FILE]
 
     def natural(p: Path):
         return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
@@ -115,32 +116,44 @@ def _text_token(text: str, prompt: bool = False) -> dict:
     return token
 
 
-def _finite_number(value):
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def jsonl_step_records(step: int, rows: list[dict], limit: int | None = None):
+def jsonl_step_records(step: int, rows: list[dict], limit: int | None = None, sampling: str = "first", seed: int = 0):
     """(records iterator, step_info) of one step of rollout JSONL lines.
 
     The records have the keys build_record writes, but no ids, entropies or marks (a text dump
     has none, and build_record works from token ids). Lines with the same `input` form a prompt
     group (`group_index`); a `label`/`gts`/`ground_truth`/`answer` field becomes `label`; other
-    scalar fields go into `info`.
+    scalar fields go into `info`. `limit` lines become records, picked as the saver picks
+    responses (`sampling`, seeded with `seed` + the step); `step_info` (the manifest entry's
+    numbers) is over all the step's lines.
+
+    Example:
+        >>> lines = [{"input": "1+1=", "output": " 2", "score": 1.0, "step": 3},
+        ...          {"input": "1+1=", "output": " 3", "score": float("nan"), "step": 3}]
+        >>> records, info = jsonl_step_records(3, lines)
+        >>> [(r["pure_generated_text"], r["info"]["reward"], r["group_index"]) for r in records]
+        [(' 2', 1.0, 0), (' 3', None, 0)]
+        >>> info["num_responses"], info["rewards"]
+        (2, [1.0, None])
     """
-    kept = rows if limit is None else rows[:limit]
+    rewards = [finite_or_none(row["score"]) for row in rows]
+    kept = range(len(rows))
+    if limit is not None:  # the saver's choice: lines with the same input are one prompt group
+        kept = choose_responses([row["input"] for row in rows], rewards, limit, sampling, seed=seed + step,
+                                forks=[0] * len(rows))
     groups: dict[str, int] = {}
     group_of = [groups.setdefault(row["input"], len(groups)) for row in rows]
 
     def records():
-        for index, row in enumerate(kept):
+        for index in kept:
+            row = rows[index]
             prompt_tokens = [_text_token(t, prompt=True) for t in word_chunks(row["input"])]
             tokens = [_text_token(t) for t in word_chunks(row["output"])]
             info = {
-                k: (_finite_number(v) if isinstance(v, float) else v)
+                k: (finite_or_none(v) if isinstance(v, float) else v)
                 for k, v in row.items()
                 if k not in REQUIRED_FIELDS and k not in LABEL_FIELDS and isinstance(v, (str, int, float, bool))
             }
-            info["reward"] = _finite_number(row["score"])
+            info["reward"] = rewards[index]
             info["response_length"] = len(tokens)
             label = next((row[k] for k in LABEL_FIELDS if isinstance(row.get(k), str)), None)
             yield {
@@ -161,5 +174,11 @@ def jsonl_step_records(step: int, rows: list[dict], limit: int | None = None):
                 "high_entropy_token_ratio": None,
             }
 
-    rewards = [_finite_number(r["score"]) for r in rows]
-    return records(), {"threshold": None, "rewards": rewards, "num_responses": len(rows)}
+    step_info = {
+        "num_responses": len(rows),
+        "entropies": None,  # a text dump has none
+        "num_response_tokens": sum(len(word_chunks(row["output"])) for row in rows),
+        "rewards": rewards,
+        "threshold": None,
+    }
+    return records(), step_info

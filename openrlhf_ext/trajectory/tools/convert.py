@@ -15,43 +15,41 @@ OUT_DIR gets `trajectories_step_N.json`, `manifest.jsonl` and `summary.json` of 
 written atomically. Conversion streams: one step's arrays and records are alive at a time, and a
 step's records are serialised one by one, so memory is bounded by the largest step's output.
 
-Example:
-    >>> from openrlhf_ext.trajectory.convert import convert
+Example (a rollout dump of two lines, text only):
+    >>> import json, pathlib, tempfile
+    >>> from openrlhf_ext.trajectory import load_trajectories
+    >>> src = pathlib.Path(tempfile.mkdtemp()) / "rollouts"
+    >>> src.mkdir()
+    >>> lines = [{"input": "1+1=", "output": "2", "score": 1.0, "step": 5},
+    ...          {"input": "1+1=", "output": "3", "score": 0.0, "step": 5}]
+    >>> _ = (src / "5.jsonl").write_text("".join(json.dumps(line) + "\\n" for line in lines))
+    >>> convert(src, src.parent / "out")
+    {'kind': 'jsonl', 'steps': [5], 'out_dir': '.../out'}
+    >>> [r["pure_generated_text"] for r in load_trajectories(src.parent / "out")]
+    ['2', '3']
+
+An npz trace needs the tokenizer of its token ids:
     >>> convert("runs/exp1/trajectories", "runs/exp1/all_responses", tokenizer="Qwen/Qwen2.5-0.5B",
     ...         num_trajectories_per_step=64)  # doctest: +SKIP
     {'kind': 'npz', 'steps': [1, 2, ...], 'out_dir': 'runs/exp1/all_responses'}
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from openrlhf_ext import __version__
-from openrlhf_ext.trajectory.convert_jsonl import (
-    find_jsonl_files,
-    jsonl_step_records,
-    looks_like_rollout_jsonl,
-    read_jsonl_steps,
-    word_chunks,
-)
-from openrlhf_ext.trajectory.convert_npz import (
-    ConvertError,
-    find_npz_steps,
-    npz_step_records,
-    npz_step_stats,
-    npz_steps_dir,
-    read_npz_step,
-)
-from openrlhf_ext.trajectory.files import step_file_name, upsert_manifest, utc_now, write_records, write_summary
-from openrlhf_ext.trajectory.report import parse_steps
-from openrlhf_ext.trajectory.sampling import SAMPLING_MODES, choose_responses
 
-__all__ = ["convert", "detect_source", "load_tokenizer", "ConvertError", "add_parser"]
+from ..files import MANIFEST_FILE, SUMMARY_FILE, step_file_name, upsert_manifest, utc_now, write_records, write_summary
+from ..manifest_entry import manifest_entry
+from ..marks import SCOPES, check_ratio
+from ..sampling import choose_responses
+from .convert_jsonl import find_jsonl_files, jsonl_step_records, looks_like_rollout_jsonl, read_jsonl_steps, word_chunks
+from .convert_npz import find_npz_steps, npz_step_records, npz_steps_dir, read_npz_step
+from .errors import ConvertError
+from .steps import parse_steps
 
 
 # ----------------------------------------------------------------------------- detection
@@ -103,7 +101,7 @@ def _summary_tokenizer(src: Path) -> tuple[str | None, str | None]:
     other fields. The path is usable when it exists here; a hub name is returned as `name` only,
     so that nothing is downloaded unless the user passes it with --tokenizer."""
     folder = src.parent if src.name == "steps" else src
-    path = folder / "summary.json"
+    path = folder / SUMMARY_FILE
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -157,13 +155,15 @@ def convert(
     """
     src, out_dir = Path(src), Path(out_dir)
     kind = detect_source(src)
-    if not 0 < high_entropy_token_ratio <= 1:
-        raise ConvertError(f"--high_entropy_token_ratio must be in (0, 1], got {high_entropy_token_ratio}")
-    if high_entropy_scope not in ("step", "response"):
-        raise ConvertError(f"--high_entropy_scope must be step or response, got {high_entropy_scope!r}")
+    try:
+        high_entropy_token_ratio = check_ratio(high_entropy_token_ratio)
+    except ValueError as error:
+        raise ConvertError(f"--high_entropy_token_ratio: {error}") from None
+    if high_entropy_scope not in SCOPES:
+        raise ConvertError(f"--high_entropy_scope must be one of {', '.join(SCOPES)}, got {high_entropy_scope!r}")
     if num_trajectories_per_step is not None and num_trajectories_per_step < 1:
         raise ConvertError("--num_trajectories_per_step must be at least 1")
-    wanted = parse_steps(steps) if isinstance(steps, str) or steps is None else set(steps)
+    wanted = parse_steps(steps)
 
     tokenizer_path = None
     if kind == "npz":
@@ -179,7 +179,7 @@ def convert(
             tokenizer_path = str(tokenizer)
             tokenizer = load_tokenizer(tokenizer)
 
-    manifest = out_dir / "manifest.jsonl"
+    manifest = out_dir / MANIFEST_FILE
     if manifest.exists() and not overwrite:
         raise ConvertError(
             f"{out_dir}: already holds trajectory files (manifest.jsonl); pass --overwrite to "
@@ -199,37 +199,19 @@ def convert(
                 data, tokenizer, high_entropy_token_ratio, high_entropy_scope, num_trajectories_per_step,
                 sampling=sampling, seed=seed,
             )
-            stats = npz_step_stats(data)
         else:
-            if num_trajectories_per_step is not None:  # the saver's choice: groups share an input
-                scores = [r["score"] if isinstance(r.get("score"), (int, float)) else np.nan for r in data]
-                chosen = choose_responses([r["input"] for r in data], scores, num_trajectories_per_step,
-                                          sampling, seed=seed + global_step, forks=[0] * len(data))
-                data = [data[i] for i in chosen]
-            records, step_info = jsonl_step_records(global_step, data, None)
-            stats = {"num_response_tokens": sum(len(word_chunks(r["output"])) for r in data),
-                     "entropy": None, "hist_edges": [], "hist_counts": []}
-        name = step_file_name(global_step)
+            records, step_info = jsonl_step_records(global_step, data, num_trajectories_per_step, sampling, seed)
         # write_records serialises each record before the next is built: one record alive at a time
-        num_saved = write_records(out_dir / name, records)
-        rewards = [r for r in step_info["rewards"] or [] if r is not None and np.isfinite(r)]
-        upsert_manifest(manifest, {
-            "global_step": global_step,
-            "file": name,
-            "num_responses": step_info["num_responses"],
-            "num_saved": num_saved,
-            "num_response_tokens": stats["num_response_tokens"],
-            "high_entropy_token_ratio": high_entropy_token_ratio if kind == "npz" else None,
-            "high_entropy_threshold": step_info["threshold"],
-            "entropy": stats["entropy"],
-            "hist_edges": stats["hist_edges"],
-            "hist_counts": stats["hist_counts"],
-            "reward_mean": float(np.mean(rewards)) if rewards else None,
-            "created_at": utc_now(),
-            "converted_from": label,
-        })
+        num_saved = write_records(out_dir / step_file_name(global_step), records)
+        upsert_manifest(manifest, manifest_entry(
+            global_step,
+            num_saved=num_saved,
+            ratio=high_entropy_token_ratio if kind == "npz" else None,
+            converted_from=label,
+            **step_info,
+        ))
         written.append(global_step)
-        del data, records  # before the next step is loaded
+        del data, records, step_info  # before the next step is loaded
         write_summary(out_dir, {
             "model": None,
             "tokenizer": tokenizer_path,
@@ -246,72 +228,3 @@ def convert(
     if not written:
         raise ConvertError(f"{src}: no steps to convert" + (f" (--steps {steps})" if steps else ""))
     return {"kind": kind, "steps": written, "out_dir": str(out_dir)}
-
-
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def run_convert(args: argparse.Namespace) -> int:
-    """Handler of `openrlhf-traj convert`."""
-    try:
-        result = convert(
-            args.src,
-            args.output,
-            tokenizer=args.tokenizer,
-            high_entropy_token_ratio=args.high_entropy_token_ratio,
-            high_entropy_scope=args.high_entropy_scope,
-            num_trajectories_per_step=args.num_trajectories_per_step,
-            sampling=args.trajectory_sampling,
-            seed=args.seed,
-            steps=args.steps,
-            overwrite=args.overwrite,
-        )
-    except (ConvertError, ValueError) as error:
-        print(f"openrlhf-traj convert: error: {error}", file=sys.stderr)
-        return 2
-    steps = result["steps"]
-    print(f"wrote {len(steps)} step(s) ({steps[0]}..{steps[-1]}) from a {result['kind']} source to {result['out_dir']}")
-    return 0
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `convert` on the openrlhf-traj CLI (`subparsers` from add_subparsers())."""
-    parser = subparsers.add_parser(
-        "convert",
-        help="turn an npz entropy trace or rollout JSONL dumps into trajectory files",
-        description="Convert SRC into trajectory files (trajectories_step_N.json, manifest.jsonl, "
-        "summary.json). SRC is an entropy-trace folder (steps/step_NNNNNN.npz, ours from "
-        "--save_entropy_trace or another trainer's) or a folder of rollout *.jsonl files with "
-        "input/output/score/step. Example: openrlhf-traj convert runs/exp1/trajectories "
-        "-o runs/exp1/all --tokenizer Qwen/Qwen2.5-0.5B --num_trajectories_per_step 64",
-    )
-    parser.add_argument("src", help="entropy-trace folder (with steps/*.npz) or rollout JSONL folder/file")
-    parser.add_argument("-o", "--output", required=True, help="folder to write the trajectory files to")
-    parser.add_argument(
-        "--tokenizer", default=None,
-        help="tokenizer folder, tokenizer.json or name, to decode npz token ids (default: the "
-        "tokenizer our summary.json names)",
-    )
-    parser.add_argument(
-        "--high_entropy_token_ratio", type=float, default=0.2,
-        help="share of the step's response tokens marked high-entropy (FORMAT.md)",
-    )
-    parser.add_argument(
-        "--high_entropy_scope", choices=["step", "response"], default="step",
-        help="mark the top ratio over the whole step (default) or inside each response",
-    )
-    parser.add_argument(
-        "--num_trajectories_per_step", type=int, default=None,
-        help="write N responses of each step (default: all; marks always use all)",
-    )
-    parser.add_argument(
-        "--trajectory_sampling", choices=SAMPLING_MODES, default="first",
-        help="which N, as the saver's flag: first (default), whole prompt groups, groups with the most "
-             "high-entropy tokens (forks), random, or stratified by reward/score",
-    )
-    parser.add_argument("--seed", type=int, default=42, help="seed of the random samplings (default 42)")
-    parser.add_argument("--steps", default=None, help="steps to convert, e.g. 1,5,10-20 (default: all)")
-    parser.add_argument("--overwrite", action="store_true", help="replace trajectory files already in OUTPUT")
-    parser.set_defaults(func=run_convert)
-    return parser

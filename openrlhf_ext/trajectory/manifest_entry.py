@@ -1,0 +1,98 @@
+"""One step's line of manifest.jsonl (FORMAT.md), built here for the saver and the converters
+alike, with the numbers that sum up the step's token entropies (also what the trainer logs).
+
+Example:
+    >>> entry = manifest_entry(3, num_responses=2, num_saved=1, entropies=[0.5, 1.5, float("nan")],
+    ...                        rewards=[1.0, None], ratio=0.2, threshold=1.5)
+    >>> entry["file"], entry["num_response_tokens"], entry["entropy"]["mean"], entry["reward_mean"]
+    ('trajectories_step_3.json', 3, 1.0, 1.0)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .files import finite_or_none, step_file_name, utc_now
+
+HIST_BINS = 30
+
+
+def manifest_entry(
+    global_step: int,
+    *,
+    num_responses: int,
+    num_saved: int,
+    entropies,
+    rewards,
+    ratio: float | None,
+    threshold,
+    num_response_tokens: int | None = None,
+    **extra,
+) -> dict:
+    """The manifest entry of step ``global_step``, whose file is ``step_file_name(global_step)``.
+
+    Args:
+        num_responses: responses of the whole step; ``num_saved``: how many its file holds.
+        entropies: the entropy of every response token of the whole step (any shape; values that
+            are not finite are left out of the statistics), or None when the trace has none.
+        rewards: one reward per response (None or non-finite where unknown), or None.
+        ratio, threshold: the high-entropy mark's ratio and the step's threshold (None when the
+            step is not marked or has one threshold per response).
+        num_response_tokens: default: the number of ``entropies``.
+        extra: more keys, written after the format's (``save_seconds``, ``converted_from``).
+    """
+    values = None if entropies is None else np.asarray(entropies, dtype=np.float64).ravel()
+    if num_response_tokens is None:
+        num_response_tokens = 0 if values is None else values.size
+    reward_values = np.asarray([] if rewards is None else rewards, dtype=np.float64).ravel()
+    reward_values = reward_values[np.isfinite(reward_values)]
+    return {
+        "global_step": int(global_step),
+        "file": step_file_name(global_step),
+        "num_responses": int(num_responses),
+        "num_saved": int(num_saved),
+        "num_response_tokens": int(num_response_tokens),
+        "high_entropy_token_ratio": ratio,
+        "high_entropy_threshold": finite_or_none(threshold),
+        "entropy": None if values is None else entropy_summary(values),
+        **entropy_histogram(values if values is not None else []),
+        "reward_mean": float(reward_values.mean()) if reward_values.size else None,
+        "created_at": utc_now(),
+        **extra,
+    }
+
+
+def entropy_summary(values) -> dict:
+    """mean, std, min, max, p50, p80, p95 of the finite values (all None when there are none).
+
+    Example:
+        >>> entropy_summary(np.array([0.0, 1.0, 2.0, np.nan]))["mean"]
+        1.0
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    keys = ("mean", "std", "min", "max", "p50", "p80", "p95")
+    if v.size == 0:
+        return dict.fromkeys(keys)
+    p50, p80, p95 = np.percentile(v, [50, 80, 95])
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std()),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "p50": float(p50),
+        "p80": float(p80),
+        "p95": float(p95),
+    }
+
+
+def entropy_histogram(values, bins: int = HIST_BINS) -> dict:
+    """``hist_edges`` (bins + 1) and ``hist_counts`` (bins) over the finite values' range."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"hist_edges": [], "hist_counts": []}
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        hi = lo + 1e-6
+    counts, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    return {"hist_edges": edges.tolist(), "hist_counts": counts.tolist()}
