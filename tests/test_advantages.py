@@ -8,14 +8,9 @@ import math
 import pytest
 import torch
 
-from openrlhf_ext.trainer.advantages import (
-    check_advantage_config,
-    compute_advantages,
-    high_entropy_loss_mask,
-    kl_estimate,
-    policy_loss,
-    token_rewards,
-)
+from openrlhf_ext.algo.advantages import check_advantage_config, compute_advantages, token_rewards
+from openrlhf_ext.algo.kl import kl_estimate
+from openrlhf_ext.algo.losses import high_entropy_loss_mask, policy_loss
 
 # Two prompts x two samples; responses of length 3, 2, 1, 3 tokens (A = 3).
 MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)

@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 MODULES = [
-    "openrlhf_ext.trainer.advantages",
+    "openrlhf_ext.algo.advantages",
     "openrlhf_ext.datasets.prompts",
     "openrlhf_ext.rewards",
     "openrlhf_ext.rewards.math_verify_reward",

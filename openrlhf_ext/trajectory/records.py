@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from openrlhf_ext.utils.tensors import masked_mean
 from .texts import token_texts
 
 
@@ -66,8 +67,7 @@ def _masked_mean(values: torch.Tensor | None, mask: torch.Tensor) -> np.ndarray:
     values = values.detach().float().cpu()
     if values.dim() == 1:  # already per sample
         return values.numpy().astype(np.float64)
-    m = mask.float()
-    return ((values * m).sum(-1) / m.sum(-1).clamp(min=1)).numpy().astype(np.float64)
+    return masked_mean(values, mask, dim=-1).numpy().astype(np.float64)
 
 
 def collect_step(experiences) -> StepBatch:
