@@ -4,6 +4,7 @@ Each test states the arithmetic in its comments, so a reader can redo it on pape
 conventions: the samples of one prompt are adjacent, the scalar reward sits on the last real token.
 """
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -178,6 +179,22 @@ def test_high_entropy_mask_keeps_the_top_share_of_real_tokens():
     assert high_entropy_loss_mask(ent, mask, 1.0).equal(mask)
 
 
+def test_high_entropy_mask_counts_finite_tokens_and_the_decimal_ratio():
+    # A NaN entropy is not a token to rank: 4 finite tokens, top 40% -> k = ceil(1.6) = 2: 3.0 and 2.0.
+    # (Counting the NaN, n = 5 and k = 2, a top-k that ranks NaN first would keep 3.0 alone.)
+    ent = torch.tensor([[3.0, 2.0, float("nan"), 1.0, 0.0]])
+    assert high_entropy_loss_mask(ent, torch.ones(1, 5, dtype=torch.bool), 0.4).tolist() == [[True, True, False, False, False]]
+    # ratio 0.2000000001 of 5 tokens is 1.0000000005 -> k = 2 (a ceil(r * n - 1e-9) would give 1)
+    ent = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    assert high_entropy_loss_mask(ent, torch.ones(1, 5, dtype=torch.bool), 0.2000000001).sum().item() == 2
+    # 0.1 * 30 is 3.0000000000000004 in floating point; the decimal 0.1 of 30 tokens is exactly 3
+    ent = torch.arange(30, dtype=torch.float32)[None]
+    assert high_entropy_loss_mask(ent, torch.ones(1, 30, dtype=torch.bool), 0.1).sum().item() == 3
+    # ties at the threshold are all kept: top 25% of 4 tokens is k = 1, but two share the top value
+    ent = torch.tensor([[1.0, 2.0, 2.0, 0.5]])
+    assert high_entropy_loss_mask(ent, torch.ones(1, 4, dtype=torch.bool), 0.25).tolist() == [[False, True, True, False]]
+
+
 def test_high_entropy_mask_ratio_out_of_range():
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="policy_loss_entropy_top_ratio"):
@@ -257,14 +274,28 @@ def test_reward_lands_once_on_the_last_real_token(lengths, data):
             assert per_token[i, n - 1].item() == pytest.approx(rewards[i].item(), abs=1e-6)
 
 
-@settings(max_examples=60, deadline=None)
-@given(n_real=st.integers(1, 40), ratio=st.floats(0.01, 1.0), seed=st.integers(0, 10_000))
-def test_high_entropy_mask_selects_ceil_ratio_of_distinct_entropies(n_real, ratio, seed):
-    g = torch.Generator().manual_seed(seed)
-    ent = torch.rand(1, 40, generator=g) + torch.arange(40) * 1e-3  # distinct values, no ties
-    mask = torch.zeros(1, 40, dtype=torch.bool)
-    mask[0, :n_real] = True
+def forking_tokens_by_definition(entropy: list, mask: list, ratio: float) -> list:
+    """The rule of arXiv 2506.01939 as FORMAT.md words it, in plain python (the oracle): over the n
+    real tokens with a finite entropy, k = max(1, ceil(ratio * n)) for the decimal the user wrote;
+    a token is kept when it is one of them and its entropy >= the k-th largest."""
+    values = sorted((e for row, mrow in zip(entropy, mask) for e, m in zip(row, mrow) if m and math.isfinite(e)),
+                    reverse=True)
+    if not values:
+        return [[False] * len(row) for row in entropy]
+    k = max(1, math.ceil(Fraction(repr(ratio)) * len(values)))
+    tau = values[k - 1]
+    return [[bool(m and math.isfinite(e) and e >= tau) for e, m in zip(row, mrow)] for row, mrow in zip(entropy, mask)]
+
+
+# Few distinct values: ties are the rule, not the exception; NaN and inf are never kept.
+ENTROPIES = st.sampled_from([0.0, 0.25, 0.5, 0.5, 1.0, 2.0, 3.5, float("nan"), float("inf")])
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 4), width=st.integers(1, 8),
+       ratio=st.one_of(st.floats(0.01, 1.0), st.sampled_from([0.1, 0.2, 0.3, 0.7, 1.0])))
+def test_high_entropy_loss_mask_is_the_definition_with_ties_and_nan(data, rows, width, ratio):
+    ent = torch.tensor(data.draw(st.lists(st.lists(ENTROPIES, min_size=width, max_size=width), min_size=rows, max_size=rows)))
+    mask = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=width, max_size=width), min_size=rows, max_size=rows)))
     keep = high_entropy_loss_mask(ent, mask, ratio)
-    assert keep.sum().item() == max(1, math.ceil(ratio * n_real - 1e-9))
-    assert not (keep & ~mask).any()
-    assert ent[keep].min() >= ent[mask & ~keep].max() if (mask & ~keep).any() else True
+    assert keep.tolist() == forking_tokens_by_definition(ent.tolist(), mask.tolist(), ratio)
