@@ -63,13 +63,8 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_len: int) -> list[list[i
 
 
 def generate(groups, tokenizer, args, rows: list[dict], seed: int) -> dict:
-    """Sample n_samples_per_prompt responses per prompt; returns the step's packed rollouts:
-
-    ``sequences`` (B, S) long, ``attention_mask`` (B, S) long, ``action_mask`` (B, A) bool (see
-    openrlhf_ext/rollout/sequences.py), ``group_index`` (B,) long, ``prompts`` and ``labels`` (lists
-    of B), ``info`` with ``response_length``, ``total_length`` and ``truncated``, each (B,).
-    Responses of a prompt are contiguous (rows i*n .. i*n+n-1): the group estimators rely on it.
-    """
+    """Sample n_samples_per_prompt responses per prompt (vLLM engines, or HF generate in the actor
+    workers); returns the step's packed rollouts (`pack_rollouts`)."""
     n = args.n_samples_per_prompt
     prompts = [r["prompt"] for r in rows for _ in range(n)]
     labels = [r.get("label", "") for r in rows for _ in range(n)]
@@ -87,12 +82,23 @@ def generate(groups, tokenizer, args, rows: list[dict], seed: int) -> dict:
         outs = ray.get([w.generate.remote(s, pad_id, eos_id, seed * 1000 + i)
                         for i, (w, s) in enumerate(zip(groups.actor.workers, shards))])
         responses = [r for o in outs for r in o]
+    return pack_rollouts(prompt_ids, responses, prompts, labels, n, pad_id, eos_id)
+
+
+def pack_rollouts(prompt_ids: list[list[int]], responses: list[list[int]], prompts: list[str], labels: list,
+                  n_samples_per_prompt: int, pad_id: int, eos_id: int | None) -> dict:
+    """The step's rollouts as the later stages read them: ``sequences`` (B, S) long,
+    ``attention_mask`` (B, S) long, ``action_mask`` (B, A) bool (openrlhf_ext/rollout/sequences.py),
+    ``group_index`` (B,) long, ``prompts`` and ``labels`` (lists of B), and ``info`` with
+    ``response_length``, ``total_length`` and ``truncated``, each (B,).
+
+    Responses of a prompt are contiguous (rows i*n .. i*n+n-1): the group estimators rely on it.
+    """
     batch = pack_sequences(prompt_ids, responses, pad_id, eos_id)
-    response_length = batch["action_mask"].sum(-1)  # (B,) long
     batch.update(
         prompts=prompts, labels=labels,
-        group_index=torch.arange(len(rows)).repeat_interleave(n),
-        info={"response_length": response_length,
+        group_index=torch.arange(len(prompts) // n_samples_per_prompt).repeat_interleave(n_samples_per_prompt),
+        info={"response_length": batch["action_mask"].sum(-1),  # (B,) long
               "total_length": batch["attention_mask"].sum(-1),  # (B,) long: prompt + response
               "truncated": batch.pop("truncated")},  # (B,) bool: hit generate_max_len without EOS
     )
