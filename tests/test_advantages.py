@@ -195,6 +195,41 @@ def test_high_entropy_mask_counts_finite_tokens_and_the_decimal_ratio():
     assert high_entropy_loss_mask(ent, torch.ones(1, 4, dtype=torch.bool), 0.25).tolist() == [[False, True, True, False]]
 
 
+def test_loss_mask_and_saved_marks_agree_on_the_same_step(tmp_path, tokenizer):
+    """The tokens trained on (--policy_loss_entropy_top_ratio) are the tokens the trajectory files mark
+    at the same ratio: a real saver writes the step, its marks are read back from the file."""
+    import argparse
+
+    from openrlhf_ext.trajectory import TrajectorySaver, add_trajectory_args, load_trajectories
+    from tests.conftest import make_experience
+
+    nan = float("nan")
+    texts = ["The answer is 42.", "Wait, maybe 41 🙂", "我们来计算一下", "6 * 7 = 42, so 42."]
+    exps = [make_experience(tokenizer, ["Q: 6 * 7 = ?"] * 2 + ["Q: 12 + 30 = ?"] * 2, texts, seed=s) for s in range(2)]
+    # entropies from four values only (ties everywhere), a NaN in every response, padding left at 0
+    pattern = torch.tensor([0.5, 2.0, nan, 1.0, 2.0, 0.5, 3.0, 1.0])
+    for e in exps:
+        ent = pattern.repeat(e.action_mask.shape[1] // len(pattern) + 1)[: e.action_mask.shape[1]]
+        ent = ent.repeat(len(e.action_mask), 1)  # (B, A)
+        ent[:, 0] = torch.arange(len(e.action_mask)) % 2 * 2.0  # more ties, on the first tokens
+        e.action_entropy = torch.where(e.action_mask, ent, torch.tensor(0.0))
+    for ratio in ("0.1", "0.3", "0.7"):
+        parser = add_trajectory_args(argparse.ArgumentParser())
+        parser.add_argument("--save_path", default=str(tmp_path / ratio))
+        saver = TrajectorySaver.from_args(parser.parse_args(
+            ["--save_trajectories", "--mark_high_entropy_tokens", "--high_entropy_token_ratio", ratio,
+             "--num_trajectories_to_save", "8"]), tokenizer)
+        saver.save_step(1, exps)
+        saved = {(r["experience_index"], r["sample_in_exp"]): [t["high_entropy"] for t in r["pure_generated_tokens"]]
+                 for r in load_trajectories(saver.out_dir)}
+        assert len(saved) == 8
+        keep = high_entropy_loss_mask(torch.cat([e.action_entropy for e in exps]),
+                                      torch.cat([e.action_mask for e in exps]), float(ratio))  # (B, A) the step's
+        want = {(ei, i): keep[ei * 4 + i][m].tolist() for ei, e in enumerate(exps) for i, m in enumerate(e.action_mask)}
+        assert saved == want, ratio
+        assert 0 < keep.sum() < torch.cat([e.action_mask for e in exps]).sum()
+
+
 def test_high_entropy_mask_ratio_out_of_range():
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="policy_loss_entropy_top_ratio"):
