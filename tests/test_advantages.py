@@ -11,7 +11,7 @@ import torch
 
 from openrlhf_ext.algo.advantages import check_advantage_config, compute_advantages, token_rewards
 from openrlhf_ext.algo.kl import kl_estimate
-from openrlhf_ext.algo.losses import high_entropy_loss_mask, policy_loss
+from openrlhf_ext.algo.losses import actor_loss, high_entropy_loss_mask, policy_loss, value_loss
 
 # Two prompts x two samples; responses of length 3, 2, 1, 3 tokens (A = 3).
 MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
@@ -274,6 +274,27 @@ def test_policy_loss_aggregations():
     assert tok.item() == pytest.approx(-6 / 4)  # (3 + 1 + 1 + 1) / 4 tokens
     assert seq.item() == pytest.approx(-(3 + 1) / 2)  # per-response means 3 and 1
     assert dr.item() == pytest.approx(-(3 / 4 + 3 / 4) / 2)  # sums 3 and 3, each / 4
+
+
+def test_actor_loss_adds_the_kl_and_the_entropy_terms():
+    # ratio 1: policy loss = -mean(A) = -(1 + 3) / 2 = -2 ; k1 KL = [0.5, 0] -> 0.25 ; entropy mean 1.5
+    lp = torch.tensor([[-1.0, -2.0, 5.0]])
+    mask = torch.tensor([[True, True, False]])
+    loss, stats = actor_loss(lp, lp, torch.tensor([[1.0, 3.0, 50.0]]), mask, ref_log_probs=torch.tensor([[-1.5, -2.0, 0.0]]),
+                             kl_coef=0.1, entropy=torch.tensor([[1.0, 2.0, 9.0]]), entropy_coef=0.01)
+    assert loss.item() == pytest.approx(-2 + 0.1 * 0.25 - 0.01 * 1.5)
+    assert stats == pytest.approx({"policy_loss": -2.0, "clip_ratio": 0.0, "kl_loss": 0.25, "entropy_loss": 1.5})
+    # without a reference or an entropy there is no such term (a zero coefficient is not the switch)
+    loss, stats = actor_loss(lp, lp, torch.tensor([[1.0, 3.0, 50.0]]), mask, kl_coef=0.1, entropy_coef=0.01)
+    assert loss.item() == pytest.approx(-2.0) and set(stats) == {"policy_loss", "clip_ratio"}
+
+
+def test_value_loss_takes_the_larger_of_the_clipped_and_unclipped_errors():
+    # token 1: V jumped 0 -> 1 onto R = 1; clipped at 0.2 its error is 0.8^2 = 0.64 (unclipped 0)
+    # token 2: V moved 0 -> 0.1 inside the clip; both errors 0.1^2 = 0.01 ; token 3 is padding
+    loss = value_loss(torch.tensor([[1.0, 0.1, 7.0]]), torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]]),
+                      torch.tensor([[True, True, False]]), value_clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.01) / 2)
 
 
 # --- properties over random batches (hypothesis) -----------------------------------------------
