@@ -28,6 +28,9 @@ LAYERS = [
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 TRAINER_SIDE = ("algo", "models", "rollout", "ray", "trainer", "cli", "datasets", "rewards", "integrations")
+# `python -m openrlhf_ext.trajectory` and the `openrlhf-traj` console script start the tools: they
+# belong with them, wherever the tools' own modules live (trajectory/ before the split, tools/ after).
+TRAJECTORY_ENTRY_POINTS = ("__main__", "cli")
 MAX_LINES = 450
 
 
@@ -64,8 +67,8 @@ def unit_of(module: str) -> str | None:
     parts = module.split(".")[1:]
     if not parts:
         return None
-    if parts[0] == "trajectory" and len(parts) > 1 and parts[1] in ("tools", "__main__"):
-        return "trajectory.tools"  # `python -m openrlhf_ext.trajectory` is the tools' entry point
+    if parts[0] == "trajectory" and len(parts) > 1 and parts[1] in ("tools", *TRAJECTORY_ENTRY_POINTS):
+        return "trajectory.tools"
     return parts[0]
 
 
@@ -93,6 +96,7 @@ def test_the_parser_sees_imports_inside_functions_and_relative_ones(tmp_path):
         "openrlhf_ext.algo", "openrlhf_ext.algo.losses", "openrlhf_ext.trainer", "openrlhf_ext.trainer.stages",
         "openrlhf_ext.ray.launcher", "openrlhf_ext.ray.launcher.start_ray"}
     assert unit_of("openrlhf_ext.trajectory.tools.cli") == unit_of("openrlhf_ext.trajectory.__main__") == "trajectory.tools"
+    assert unit_of("openrlhf_ext.trajectory.cli") == "trajectory.tools"
     assert unit_of("openrlhf_ext.trajectory.format.schema") == unit_of("openrlhf_ext.trajectory.saver") == "trajectory"
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from openrlhf_ext.utils.tensors import masked_mean
 from .texts import token_texts
+from openrlhf_ext.utils.tensors import masked_mean
 
 
 @dataclass
