@@ -19,10 +19,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from openrlhf_ext.algo.advantages import compute_advantages  # noqa: E402
+from openrlhf_ext.algo.losses import policy_loss  # noqa: E402
 from openrlhf_ext.datasets.prompts import builtin_prompts  # noqa: E402
 from openrlhf_ext.models.embedded import embedded_model_path, greedy_accuracy  # noqa: E402
 from openrlhf_ext.rewards import build_reward_fn  # noqa: E402
-from openrlhf_ext.trainer.advantages import compute_advantages, policy_loss  # noqa: E402
 
 
 def response_mask(responses: torch.Tensor, eos_id: int, pad_id: int) -> torch.Tensor:

@@ -4,18 +4,14 @@ Each test states the arithmetic in its comments, so a reader can redo it on pape
 conventions: the samples of one prompt are adjacent, the scalar reward sits on the last real token.
 """
 import math
+from fractions import Fraction
 
 import pytest
 import torch
 
-from openrlhf_ext.trainer.advantages import (
-    check_advantage_config,
-    compute_advantages,
-    high_entropy_loss_mask,
-    kl_estimate,
-    policy_loss,
-    token_rewards,
-)
+from openrlhf_ext.algo.advantages import check_advantage_config, compute_advantages, token_rewards
+from openrlhf_ext.algo.kl import kl_estimate
+from openrlhf_ext.algo.losses import actor_loss, high_entropy_loss_mask, policy_loss, value_loss
 
 # Two prompts x two samples; responses of length 3, 2, 1, 3 tokens (A = 3).
 MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
@@ -183,6 +179,57 @@ def test_high_entropy_mask_keeps_the_top_share_of_real_tokens():
     assert high_entropy_loss_mask(ent, mask, 1.0).equal(mask)
 
 
+def test_high_entropy_mask_counts_finite_tokens_and_the_decimal_ratio():
+    # A NaN entropy is not a token to rank: 4 finite tokens, top 40% -> k = ceil(1.6) = 2: 3.0 and 2.0.
+    # (Counting the NaN, n = 5 and k = 2, a top-k that ranks NaN first would keep 3.0 alone.)
+    ent = torch.tensor([[3.0, 2.0, float("nan"), 1.0, 0.0]])
+    assert high_entropy_loss_mask(ent, torch.ones(1, 5, dtype=torch.bool), 0.4).tolist() == [[True, True, False, False, False]]
+    # ratio 0.2000000001 of 5 tokens is 1.0000000005 -> k = 2 (a ceil(r * n - 1e-9) would give 1)
+    ent = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0]])
+    assert high_entropy_loss_mask(ent, torch.ones(1, 5, dtype=torch.bool), 0.2000000001).sum().item() == 2
+    # 0.1 * 30 is 3.0000000000000004 in floating point; the decimal 0.1 of 30 tokens is exactly 3
+    ent = torch.arange(30, dtype=torch.float32)[None]
+    assert high_entropy_loss_mask(ent, torch.ones(1, 30, dtype=torch.bool), 0.1).sum().item() == 3
+    # ties at the threshold are all kept: top 25% of 4 tokens is k = 1, but two share the top value
+    ent = torch.tensor([[1.0, 2.0, 2.0, 0.5]])
+    assert high_entropy_loss_mask(ent, torch.ones(1, 4, dtype=torch.bool), 0.25).tolist() == [[False, True, True, False]]
+
+
+def test_loss_mask_and_saved_marks_agree_on_the_same_step(tmp_path, tokenizer):
+    """The tokens trained on (--policy_loss_entropy_top_ratio) are the tokens the trajectory files mark
+    at the same ratio: a real saver writes the step, its marks are read back from the file."""
+    import argparse
+
+    from openrlhf_ext.trajectory import TrajectorySaver, add_trajectory_args, load_trajectories
+    from tests.conftest import make_experience
+
+    nan = float("nan")
+    texts = ["The answer is 42.", "Wait, maybe 41 🙂", "我们来计算一下", "6 * 7 = 42, so 42."]
+    exps = [make_experience(tokenizer, ["Q: 6 * 7 = ?"] * 2 + ["Q: 12 + 30 = ?"] * 2, texts, seed=s) for s in range(2)]
+    # entropies from four values only (ties everywhere), a NaN in every response, padding left at 0
+    pattern = torch.tensor([0.5, 2.0, nan, 1.0, 2.0, 0.5, 3.0, 1.0])
+    for e in exps:
+        ent = pattern.repeat(e.action_mask.shape[1] // len(pattern) + 1)[: e.action_mask.shape[1]]
+        ent = ent.repeat(len(e.action_mask), 1)  # (B, A)
+        ent[:, 0] = torch.arange(len(e.action_mask)) % 2 * 2.0  # more ties, on the first tokens
+        e.action_entropy = torch.where(e.action_mask, ent, torch.tensor(0.0))
+    for ratio in ("0.1", "0.3", "0.7"):
+        parser = add_trajectory_args(argparse.ArgumentParser())
+        parser.add_argument("--save_path", default=str(tmp_path / ratio))
+        saver = TrajectorySaver.from_args(parser.parse_args(
+            ["--save_trajectories", "--mark_high_entropy_tokens", "--high_entropy_token_ratio", ratio,
+             "--num_trajectories_to_save", "8"]), tokenizer)
+        saver.save_step(1, exps)
+        saved = {(r["experience_index"], r["sample_in_exp"]): [t["high_entropy"] for t in r["pure_generated_tokens"]]
+                 for r in load_trajectories(saver.out_dir)}
+        assert len(saved) == 8
+        keep = high_entropy_loss_mask(torch.cat([e.action_entropy for e in exps]),
+                                      torch.cat([e.action_mask for e in exps]), float(ratio))  # (B, A) the step's
+        want = {(ei, i): keep[ei * 4 + i][m].tolist() for ei, e in enumerate(exps) for i, m in enumerate(e.action_mask)}
+        assert saved == want, ratio
+        assert 0 < keep.sum() < torch.cat([e.action_mask for e in exps]).sum()
+
+
 def test_high_entropy_mask_ratio_out_of_range():
     for bad in (0.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="policy_loss_entropy_top_ratio"):
@@ -229,6 +276,27 @@ def test_policy_loss_aggregations():
     assert dr.item() == pytest.approx(-(3 / 4 + 3 / 4) / 2)  # sums 3 and 3, each / 4
 
 
+def test_actor_loss_adds_the_kl_and_the_entropy_terms():
+    # ratio 1: policy loss = -mean(A) = -(1 + 3) / 2 = -2 ; k1 KL = [0.5, 0] -> 0.25 ; entropy mean 1.5
+    lp = torch.tensor([[-1.0, -2.0, 5.0]])
+    mask = torch.tensor([[True, True, False]])
+    loss, stats = actor_loss(lp, lp, torch.tensor([[1.0, 3.0, 50.0]]), mask, ref_log_probs=torch.tensor([[-1.5, -2.0, 0.0]]),
+                             kl_coef=0.1, entropy=torch.tensor([[1.0, 2.0, 9.0]]), entropy_coef=0.01)
+    assert loss.item() == pytest.approx(-2 + 0.1 * 0.25 - 0.01 * 1.5)
+    assert stats == pytest.approx({"policy_loss": -2.0, "clip_ratio": 0.0, "kl_loss": 0.25, "entropy_loss": 1.5})
+    # without a reference or an entropy there is no such term (a zero coefficient is not the switch)
+    loss, stats = actor_loss(lp, lp, torch.tensor([[1.0, 3.0, 50.0]]), mask, kl_coef=0.1, entropy_coef=0.01)
+    assert loss.item() == pytest.approx(-2.0) and set(stats) == {"policy_loss", "clip_ratio"}
+
+
+def test_value_loss_takes_the_larger_of_the_clipped_and_unclipped_errors():
+    # token 1: V jumped 0 -> 1 onto R = 1; clipped at 0.2 its error is 0.8^2 = 0.64 (unclipped 0)
+    # token 2: V moved 0 -> 0.1 inside the clip; both errors 0.1^2 = 0.01 ; token 3 is padding
+    loss = value_loss(torch.tensor([[1.0, 0.1, 7.0]]), torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]]),
+                      torch.tensor([[True, True, False]]), value_clip=0.2)
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.01) / 2)
+
+
 # --- properties over random batches (hypothesis) -----------------------------------------------
 
 from hypothesis import given, settings  # noqa: E402
@@ -262,14 +330,28 @@ def test_reward_lands_once_on_the_last_real_token(lengths, data):
             assert per_token[i, n - 1].item() == pytest.approx(rewards[i].item(), abs=1e-6)
 
 
-@settings(max_examples=60, deadline=None)
-@given(n_real=st.integers(1, 40), ratio=st.floats(0.01, 1.0), seed=st.integers(0, 10_000))
-def test_high_entropy_mask_selects_ceil_ratio_of_distinct_entropies(n_real, ratio, seed):
-    g = torch.Generator().manual_seed(seed)
-    ent = torch.rand(1, 40, generator=g) + torch.arange(40) * 1e-3  # distinct values, no ties
-    mask = torch.zeros(1, 40, dtype=torch.bool)
-    mask[0, :n_real] = True
+def forking_tokens_by_definition(entropy: list, mask: list, ratio: float) -> list:
+    """The rule of arXiv 2506.01939 as FORMAT.md words it, in plain python (the oracle): over the n
+    real tokens with a finite entropy, k = max(1, ceil(ratio * n)) for the decimal the user wrote;
+    a token is kept when it is one of them and its entropy >= the k-th largest."""
+    values = sorted((e for row, mrow in zip(entropy, mask) for e, m in zip(row, mrow) if m and math.isfinite(e)),
+                    reverse=True)
+    if not values:
+        return [[False] * len(row) for row in entropy]
+    k = max(1, math.ceil(Fraction(repr(ratio)) * len(values)))
+    tau = values[k - 1]
+    return [[bool(m and math.isfinite(e) and e >= tau) for e, m in zip(row, mrow)] for row, mrow in zip(entropy, mask)]
+
+
+# Few distinct values: ties are the rule, not the exception; NaN and inf are never kept.
+ENTROPIES = st.sampled_from([0.0, 0.25, 0.5, 0.5, 1.0, 2.0, 3.5, float("nan"), float("inf")])
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), rows=st.integers(1, 4), width=st.integers(1, 8),
+       ratio=st.one_of(st.floats(0.01, 1.0), st.sampled_from([0.1, 0.2, 0.3, 0.7, 1.0])))
+def test_high_entropy_loss_mask_is_the_definition_with_ties_and_nan(data, rows, width, ratio):
+    ent = torch.tensor(data.draw(st.lists(st.lists(ENTROPIES, min_size=width, max_size=width), min_size=rows, max_size=rows)))
+    mask = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=width, max_size=width), min_size=rows, max_size=rows)))
     keep = high_entropy_loss_mask(ent, mask, ratio)
-    assert keep.sum().item() == max(1, math.ceil(ratio * n_real - 1e-9))
-    assert not (keep & ~mask).any()
-    assert ent[keep].min() >= ent[mask & ~keep].max() if (mask & ~keep).any() else True
+    assert keep.tolist() == forking_tokens_by_definition(ent.tolist(), mask.tolist(), ratio)

@@ -15,11 +15,9 @@ import argparse
 import importlib.util
 import os
 
+from openrlhf_ext.algo.advantages import ADVANTAGE_ESTIMATORS, check_advantage_config
 from openrlhf_ext.trajectory import add_trajectory_args
 from openrlhf_ext.trajectory.args import ratio_type
-
-ADVANTAGE_ESTIMATORS = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
-
 
 
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -187,8 +185,6 @@ def validate_args(args: argparse.Namespace) -> list[str]:
     if n_resp % args.micro_rollout_batch_size == 0 and n_exp % world:
         errs.append(f"the {n_exp} experiences of a step (responses / micro_rollout_batch_size) must split evenly "
                     f"over the {world} actor workers: change --micro_rollout_batch_size.")
-    from openrlhf_ext.trainer.advantages import check_advantage_config
-
     try:
         check_advantage_config(args.advantage_estimator, args.n_samples_per_prompt, args.gamma,
                                has_critic=args.advantage_estimator == "gae")

@@ -1,24 +1,30 @@
-"""DeepSpeed inside a Ray worker: the process-group environment, the config, and the CPU shm op.
+"""DeepSpeed inside a Ray worker: the process-group environment, the config, the engine, ZeRO-3 gathers.
 
-    >>> setup_dist_env(rank=0, world_size=1, master_addr="127.0.0.1", master_port=29500)
-    >>> engine = build_engine(model, lr=1e-6, zero_stage=2, micro_batch=8, grad_accum=1)
+    >>> setup_dist_env(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port())
+    >>> init_distributed()   # gloo on a CPU, nccl on a GPU
+    >>> engine = build_engine(torch.nn.Linear(4, 1), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0, zero_stage=2,
+    ...                       micro_batch=8, grad_accum=2, world_size=1, bf16=False, max_norm=1.0)
+    >>> engine.train_batch_size(), engine.zero_optimization_stage()
+    (16, 2)
+    >>> with full_weights(engine.module, zero_stage=2):   # ZeRO-3 would gather the shards here
+    ...     engine.module.weight.shape
+    torch.Size([1, 4])
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
 import torch
+
+from openrlhf_ext.utils.device import on_gpu
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
         return s.getsockname()[1]
-
-
-def on_gpu() -> bool:
-    return torch.cuda.is_available()
 
 
 def setup_dist_env(rank: int, world_size: int, master_addr: str, master_port: int, local_rank: int | None = None):
@@ -89,3 +95,16 @@ def build_engine(model: torch.nn.Module, lr: float, betas, weight_decay: float, 
         config=ds_config(zero_stage, micro_batch, grad_accum, world_size, bf16, max_norm),
     )
     return engine
+
+
+@contextlib.contextmanager
+def full_weights(model: torch.nn.Module, zero_stage: int):
+    """Inside the block every parameter of ``model`` is whole, also under ZeRO-3, where each rank holds
+    a shard: there the parameters are gathered on entry (every rank must enter) and freed on exit."""
+    if zero_stage != 3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        yield

@@ -1,7 +1,9 @@
 """Build every Ray group of a run from the flags, in one place.
 
-    >>> groups = build_groups(args, pretrain)
-    >>> groups.actor, groups.ref, groups.critic, groups.reward, groups.vllm
+    groups = build_groups(args, pretrain)   # after start_ray(num_cpus=cpus_needed(args))
+    groups.actor, groups.ref, groups.critic, groups.reward, groups.vllm   # None where the flags need none
+
+(train_colocate.py does exactly this; tests/test_groups.py runs it on a tiny model.)
 
 `--colocate_all_models`: one placement group whose bundles every group shares (each worker asks for
 1/k of its bundle, k = number of groups). Otherwise each group gets a placement group of its own.
@@ -9,13 +11,23 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import ray
 
-from openrlhf_ext.ray.deepspeed_utils import on_gpu
 from openrlhf_ext.ray.launcher import ActorGroup, create_placement_group
 from openrlhf_ext.ray.workers import CriticWorker, PolicyWorker, ReferenceWorker, RewardWorker
-from openrlhf_ext.trainer.ppo_trainer import RayGroups
+from openrlhf_ext.utils.device import on_gpu
+
+
+@dataclass
+class RayGroups:
+    """Every Ray group of a run, built in one place (`build_groups`); the controller drives them."""
+    actor: ActorGroup  # PolicyWorker: DeepSpeed-trained policy (+ HF generate)
+    ref: ActorGroup | None = None  # ReferenceWorker, when --init_kl_coef > 0
+    critic: ActorGroup | None = None  # CriticWorker, for --advantage_estimator gae
+    reward: ActorGroup | None = None  # RewardWorker, with --reward_pretrain
+    vllm: object | None = None  # openrlhf_ext.rollout.vllm_engine.VLLMEngines, with --rollout_backend vllm
 
 
 def needs_ref(args) -> bool:

@@ -1,8 +1,11 @@
 """Where every Ray actor group is created: one placement group, bundles shared when colocated.
 
-    >>> pg = create_placement_group(num_bundles=1)
-    >>> actor = ActorGroup(PolicyWorker, num_workers=1, pg=pg, share=3, name="actor")
-    >>> ray.get(actor.call("init_model", args, pretrain, grad_accum))
+    >>> from openrlhf_ext.ray.workers import BaseWorker
+    >>> start_ray(num_cpus=2)
+    >>> group = ActorGroup(BaseWorker, num_workers=2, pg=create_placement_group(num_bundles=2), name="demo")
+    >>> ray.get(group.call("ping"))   # the same call on every worker (PolicyWorker: "init_model", ...)
+    [True, True]
+    >>> ray.shutdown()
 
 With `--colocate_all_models`, the actor, reference, critic, reward model and vLLM engines all sit
 on the same bundles, each asking for a fraction of it (1/share of a GPU, or of a CPU: on CPU two
@@ -17,7 +20,7 @@ import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from openrlhf_ext.ray.deepspeed_utils import on_gpu
+from openrlhf_ext.utils.device import on_gpu
 
 
 def start_ray(num_cpus: int | None = None) -> None:
@@ -93,6 +96,23 @@ class ActorGroup:
         assert len(shards) == len(self.workers)
         return [getattr(w, method).remote(s, *args, **kwargs) for w, s in zip(self.workers, shards)]
 
+    def call_round_robin(self, method: str, items: list, *args, **kwargs) -> list:
+        """Item i goes to worker ``i % len(self)``; each worker gets its items as one list (its first
+        argument). Returns the object refs; `in_item_order` puts the results back in item order."""
+        return self.call_sharded(method, [items[w :: len(self)] for w in range(len(self))], *args, **kwargs)
+
     def __len__(self) -> int:
         return len(self.workers)
+
+
+def in_item_order(outs: list[list]) -> list:
+    """The results of `ActorGroup.call_round_robin` (``ray.get`` of its refs: one list per worker) in
+    the order of the items: item i's result is ``outs[i % world][i // world]``.
+
+    Example:
+        >>> in_item_order([["a", "c", "e"], ["b", "d"]])
+        ['a', 'b', 'c', 'd', 'e']
+    """
+    world = len(outs)
+    return [outs[i % world][i // world] for i in range(sum(len(o) for o in outs))]
 

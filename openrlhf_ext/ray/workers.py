@@ -10,7 +10,9 @@ import shutil
 
 import torch
 
-from openrlhf_ext.ray.deepspeed_utils import build_engine, init_distributed, on_gpu, setup_dist_env
+from openrlhf_ext.ray.deepspeed_utils import build_engine, full_weights, init_distributed, setup_dist_env
+from openrlhf_ext.ray.update import critic_micro_batch_loss, policy_micro_batch_loss, run_update
+from openrlhf_ext.utils.device import compute_device
 
 
 class BaseWorker:
@@ -19,7 +21,7 @@ class BaseWorker:
     def __init__(self, rank: int, world_size: int, master_addr: str | None, master_port: int | None,
                  num_threads: int | None = None):
         self.rank, self.world_size = rank, world_size
-        self.device = torch.device("cuda", 0) if on_gpu() else torch.device("cpu")
+        self.device = compute_device()
         if num_threads:
             # Ray gives a fractional-CPU actor OMP_NUM_THREADS=1; the stages run one after the other,
             # so the active worker may use the node's cores.
@@ -77,26 +79,18 @@ class PolicyWorker(BaseWorker):
         return out
 
     def train(self, payloads: list[dict], seed: int) -> dict:
-        from openrlhf_ext.trainer.update import actor_update
-
-        return actor_update(self.engine, payloads, self.args, seed, self.device)
+        """PPO epochs over this worker's experiences (`Experience.to_payload` dicts); returns mean stats."""
+        return run_update(self.engine, payloads, self.args, policy_micro_batch_loss, seed, self.device)
 
     def state_dict_bytes(self) -> bytes | None:
         """The full weights as safetensors bytes, for a vLLM sync (None on ranks other than 0).
 
         Every rank must call it: under ZeRO-3 the weights are gathered collectively first.
         """
-        import contextlib
-
         from safetensors.torch import save
 
         model = self.engine.module.model
-        gather = contextlib.nullcontext()
-        if self.args.zero_stage == 3:
-            import deepspeed
-
-            gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-        with gather:
+        with full_weights(model, self.args.zero_stage):
             if self.rank != 0:
                 return None
             sd = model.state_dict()
@@ -123,15 +117,8 @@ class PolicyWorker(BaseWorker):
 
     def save_model(self, path: str, tokenizer_path: str) -> bool:
         """Hugging Face folder of the trained policy (+ the tokenizer files), written by rank 0."""
-        import contextlib
-
         model = self.engine.module.model
-        gather = contextlib.nullcontext()
-        if self.args.zero_stage == 3:
-            import deepspeed
-
-            gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-        with gather:
+        with full_weights(model, self.args.zero_stage):
             if self.rank == 0:
                 model.save_pretrained(path, safe_serialization=True)
         if self.rank == 0:
@@ -181,9 +168,7 @@ class CriticWorker(BaseWorker):
                             p["action_mask"].shape[1]).cpu() for p in payloads]
 
     def train(self, payloads: list[dict], seed: int) -> dict:
-        from openrlhf_ext.trainer.update import critic_update
-
-        return critic_update(self.engine, payloads, self.args, seed, self.device)
+        return run_update(self.engine, payloads, self.args, critic_micro_batch_loss, seed, self.device)
 
     def save_checkpoint(self, ckpt_dir: str, tag: str, client_state: dict) -> bool:
         self.engine.save_checkpoint(ckpt_dir, tag=tag, client_state=client_state)

@@ -1,7 +1,13 @@
 """Rollouts with Hugging Face `generate`, run inside the actor workers on their own weights
 (`--rollout_backend hf`): no second copy of the model and no weight sync.
 
-    >>> responses = hf_generate(model, prompt_ids, pad_id, eos_id, max_new_tokens=16, temperature=1.0)
+    >>> from transformers import LlamaConfig, LlamaForCausalLM
+    >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+    ...                                      num_attention_heads=1, num_key_value_heads=1))   # random weights
+    >>> _ = torch.manual_seed(0)
+    >>> responses = hf_generate(model, [[3, 4, 5], [6]], pad_id=0, eos_id=1, max_new_tokens=4, temperature=1.0)
+    >>> len(responses), all(len(r) <= 4 for r in responses)   # one response per prompt: its new ids, unpadded
+    (2, True)
 """
 from __future__ import annotations
 

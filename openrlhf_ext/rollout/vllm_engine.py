@@ -21,7 +21,7 @@ import os
 import ray
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from openrlhf_ext.ray.deepspeed_utils import on_gpu
+from openrlhf_ext.utils.device import on_gpu
 
 
 class WeightSyncExtension:

@@ -4,7 +4,12 @@
 DeepSpeed writes `<ckpt_path>/_actor/global_step<N>/` (+ `_critic/`) and a `latest` file naming the
 newest tag; the controller's own state (the global step) rides along as DeepSpeed client state.
 
-    >>> latest_checkpoint_step("ckpt/checkpoints")
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> with tempfile.TemporaryDirectory() as ckpt:
+    ...     (Path(ckpt) / "_actor" / tag_for(12)).mkdir(parents=True)
+    ...     _ = (Path(ckpt) / "_actor" / "latest").write_text(tag_for(12))   # DeepSpeed writes this file
+    ...     latest_checkpoint_step(ckpt)
     12
 """
 from __future__ import annotations

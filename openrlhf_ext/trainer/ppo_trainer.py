@@ -1,7 +1,9 @@
 """The controller: one process that drives the Ray groups through the steps of training.
 
-    >>> trainer = PPOTrainer(args, groups, tokenizer, prompts, reward_fn, saver)
-    >>> trainer.fit()
+    trainer = PPOTrainer(args, groups, tokenizer, prompts, reward_fn, saver)
+    history = trainer.fit()   # one dict of metrics per step
+
+(train_colocate.py does exactly this; tests/test_groups.py runs single steps on a tiny model.)
 
 A step is the stages of openrlhf_ext/trainer/stages.py in order, each timed into the step's log.
 """
@@ -10,26 +12,15 @@ from __future__ import annotations
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import ray
 import torch
 
-from openrlhf_ext.ray.launcher import ActorGroup
+from openrlhf_ext.algo.experience import make_experiences
+from openrlhf_ext.ray.groups import RayGroups
 from openrlhf_ext.trainer import stages
 from openrlhf_ext.trainer.checkpoint import latest_checkpoint_step, prune_old_checkpoints, tag_for
-from openrlhf_ext.trainer.experience import make_experiences
 from openrlhf_ext.utils.logging import StepLogger
-
-
-@dataclass
-class RayGroups:
-    """Every Ray group of the run, built in one place (train_colocate.py -> build_groups)."""
-    actor: ActorGroup
-    ref: ActorGroup | None = None
-    critic: ActorGroup | None = None
-    reward: ActorGroup | None = None
-    vllm: object | None = None  # openrlhf_ext.rollout.vllm_engine.VLLMEngines
 
 
 class PPOTrainer:
@@ -69,18 +60,23 @@ class PPOTrainer:
 
         t_step = time.perf_counter()
         with timed("generate"):
-            batch = stages.generate(g, self.tokenizer, a, self.rows_for_step(step), seed=a.seed + step)
+            rollouts = stages.generate(g, self.tokenizer, a, self.rows_for_step(step), seed=a.seed + step)
+        mask = rollouts["action_mask"]  # (B, A) the step's response tokens
         with timed("score"):
-            rewards = stages.score(g, self.reward_fn, self.tokenizer, batch, a.micro_rollout_batch_size)
-        experiences = make_experiences(batch, a.micro_rollout_batch_size)
+            rewards = stages.score(g, self.reward_fn, self.tokenizer, rollouts, a.micro_rollout_batch_size)  # (B,)
         with timed("forward"):
-            stages.forward(g, experiences)
+            fwd = stages.forward(g, rollouts, a.micro_rollout_batch_size)  # log-probs, entropy, ref, values
         with timed("advantages"):
-            metrics = stages.advantages(a, experiences, rewards)
-        metrics.update(stages.step_metrics(experiences))
-        metrics.update(stages.entropy_stats(experiences, getattr(a, "high_entropy_token_ratio", 0.2) or 0.2))
+            marks = stages.mark_entropy(fwd.entropy, mask, getattr(a, "high_entropy_token_ratio", 0.2) or 0.2)
+            adv = stages.advantages(a, mask, rewards, fwd)  # advantages, returns, kl, loss mask
+        # What the stages made, cut into the experiences that the saver and the update read.
+        experiences = make_experiences(
+            rollouts, a.micro_rollout_batch_size, info={"reward": rewards, "kl": adv.kl_per_response},
+            action_log_probs=fwd.log_probs, action_entropy=fwd.entropy, base_action_log_probs=fwd.ref_log_probs,
+            values=fwd.values, kl=adv.kl, advantages=adv.advantages, returns=adv.returns, loss_mask=adv.loss_mask)
+        metrics = {**stages.step_metrics(experiences), **stages.entropy_stats(fwd.entropy, mask, marks)}
         with timed("save"):
-            saved = stages.save_trajectories(self.saver, step, experiences)
+            saved = stages.save_trajectories(self.saver, step, experiences, marks)
         if saved:
             metrics["trajectories_saved"] = float(saved.get("num_saved", 0)) if isinstance(saved, dict) else 1.0
         with timed("update"):

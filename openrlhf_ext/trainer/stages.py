@@ -1,26 +1,59 @@
 """The stages of one training step, each a plain function the controller calls in order:
 
-    generate -> score -> forward (old log-probs + entropy, ref, values) -> advantages
-             -> save trajectories -> update -> sync weights to vLLM -> checkpoint
+    generate -> score -> forward (old log-probs + entropy, ref, values) -> advantages (+ the step's
+             high-entropy marks) -> save trajectories -> update -> sync weights to vLLM -> checkpoint
 
-Each takes what it needs and returns what the next reads; `PPOTrainer.step` times each one into
-the step's log line. Data flows one way: the saver sees finished experiences and never calls back.
+Each takes what it needs and returns what it made, over the step's B responses of A response slots:
+`generate` the packed rollouts, `score` the rewards (B,), `forward` a `Forward`, `mark_entropy` an
+`EntropyMarks`, `advantages` an `Advantages`. `PPOTrainer.step` times each one into the step's log
+line and cuts what they made into the experiences it hands to the saver and the update. Data flows
+one way: the saver sees finished experiences and never calls back.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import ray
 import torch
 
+from openrlhf_ext.algo.advantages import compute_advantages
+from openrlhf_ext.algo.experience import Experience, make_experiences
+from openrlhf_ext.algo.kl import kl_estimate
+from openrlhf_ext.algo.losses import high_entropy_loss_mask
+from openrlhf_ext.ray.launcher import in_item_order
 from openrlhf_ext.rollout.sequences import pack_sequences
-from openrlhf_ext.trainer.advantages import compute_advantages, high_entropy_loss_mask, kl_estimate
-from openrlhf_ext.trainer.experience import Experience, cat_field, make_experiences, split_field, split_info
 from openrlhf_ext.trajectory import high_entropy_mask
+from openrlhf_ext.utils.tensors import masked_mean
+
+MODEL_INPUTS = ("sequences", "attention_mask", "action_mask")  # what a forward pass reads
 
 
-def round_robin(items: list, n: int) -> list[list]:
-    return [items[i::n] for i in range(n)]
+@dataclass
+class Forward:
+    """What the forward stage made: one pass of each model over the step's responses."""
+    log_probs: torch.Tensor  # (B, A) log-prob of each response token, recomputed by the trainer's policy
+    entropy: torch.Tensor  # (B, A) entropy of the sampling distribution (nats, at --temperature)
+    ref_log_probs: torch.Tensor | None = None  # (B, A) the reference policy's log-probs (a KL term)
+    values: torch.Tensor | None = None  # (B, A) the critic's values (gae)
+
+
+@dataclass
+class EntropyMarks:
+    """The step's high-entropy ("forking") tokens by the rule of the saved marks, scope "step"."""
+    marks: torch.Tensor  # (B, A) bool: real tokens with a finite entropy >= threshold
+    threshold: float  # the k-th largest finite entropy, k = max(1, ceil(ratio * n)); NaN when n = 0
+    ratio: float  # --high_entropy_token_ratio
+
+
+@dataclass
+class Advantages:
+    """What the advantages stage made, over the whole step (group estimators see every response of a prompt)."""
+    advantages: torch.Tensor  # (B, A) float32, zero on padding
+    returns: torch.Tensor  # (B, A) float32, zero on padding
+    kl: torch.Tensor | None = None  # (B, A) per-token KL estimate vs the reference, zero on padding
+    kl_per_response: torch.Tensor | None = None  # (B,) mean of kl over each response's tokens
+    loss_mask: torch.Tensor | None = None  # (B, A) float 0/1: the tokens trained on (--policy_loss_entropy_top_ratio)
 
 
 def tokenize_prompts(tokenizer, prompts: list[str], max_len: int) -> list[list[int]]:
@@ -30,10 +63,8 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_len: int) -> list[list[i
 
 
 def generate(groups, tokenizer, args, rows: list[dict], seed: int) -> dict:
-    """Sample n_samples_per_prompt responses per prompt; returns the step's packed batch.
-
-    Responses of a prompt are contiguous (rows i*n .. i*n+n-1): the group estimators rely on it.
-    """
+    """Sample n_samples_per_prompt responses per prompt (vLLM engines, or HF generate in the actor
+    workers); returns the step's packed rollouts (`pack_rollouts`)."""
     n = args.n_samples_per_prompt
     prompts = [r["prompt"] for r in rows for _ in range(n)]
     labels = [r.get("label", "") for r in rows for _ in range(n)]
@@ -51,120 +82,106 @@ def generate(groups, tokenizer, args, rows: list[dict], seed: int) -> dict:
         outs = ray.get([w.generate.remote(s, pad_id, eos_id, seed * 1000 + i)
                         for i, (w, s) in enumerate(zip(groups.actor.workers, shards))])
         responses = [r for o in outs for r in o]
+    return pack_rollouts(prompt_ids, responses, prompts, labels, n, pad_id, eos_id)
+
+
+def pack_rollouts(prompt_ids: list[list[int]], responses: list[list[int]], prompts: list[str], labels: list,
+                  n_samples_per_prompt: int, pad_id: int, eos_id: int | None) -> dict:
+    """The step's rollouts as the later stages read them: ``sequences`` (B, S) long,
+    ``attention_mask`` (B, S) long, ``action_mask`` (B, A) bool (openrlhf_ext/rollout/sequences.py),
+    ``group_index`` (B,) long, ``prompts`` and ``labels`` (lists of B), and ``info`` with
+    ``response_length``, ``total_length`` and ``truncated``, each (B,).
+
+    Responses of a prompt are contiguous (rows i*n .. i*n+n-1): the group estimators rely on it.
+    """
     batch = pack_sequences(prompt_ids, responses, pad_id, eos_id)
-    response_length = batch["action_mask"].sum(-1)  # (B,) long
     batch.update(
         prompts=prompts, labels=labels,
-        group_index=torch.arange(len(rows)).repeat_interleave(n),
-        info={"response_length": response_length,
+        group_index=torch.arange(len(prompts) // n_samples_per_prompt).repeat_interleave(n_samples_per_prompt),
+        info={"response_length": batch["action_mask"].sum(-1),  # (B,) long
               "total_length": batch["attention_mask"].sum(-1),  # (B,) long: prompt + response
               "truncated": batch.pop("truncated")},  # (B,) bool: hit generate_max_len without EOS
     )
     return batch
 
 
-def score(groups, reward_fn, tokenizer, batch: dict, micro_batch_size: int) -> torch.Tensor:
+def score(groups, reward_fn, tokenizer, rollouts: dict, micro_batch_size: int) -> torch.Tensor:
     """Rewards (B,) float32: the reward model group if there is one, else `reward_fn` on the texts."""
     if groups.reward is not None:
-        exps = make_experiences(batch, micro_batch_size)
-        outs = ray.get(groups.reward.call_sharded(
-            "forward", round_robin([e.to_payload(("sequences", "attention_mask", "action_mask")) for e in exps],
-                                   len(groups.reward))))
-        world = len(outs)
-        return torch.cat([outs[i % world][i // world] for i in range(len(exps))]).float()
-    A = batch["action_mask"].shape[1]
+        payloads = [e.to_payload(MODEL_INPUTS) for e in make_experiences(rollouts, micro_batch_size)]
+        return torch.cat(in_item_order(ray.get(groups.reward.call_round_robin("forward", payloads)))).float()
+    A = rollouts["action_mask"].shape[1]
     responses = [tokenizer.decode(seq[-A:][m].tolist(), skip_special_tokens=True)
-                 for seq, m in zip(batch["sequences"], batch["action_mask"])]
-    queries = [p + r for p, r in zip(batch["prompts"], responses)]
-    rewards = reward_fn(queries, batch["prompts"], batch["labels"])
+                 for seq, m in zip(rollouts["sequences"], rollouts["action_mask"])]
+    queries = [p + r for p, r in zip(rollouts["prompts"], responses)]
+    rewards = reward_fn(queries, rollouts["prompts"], rollouts["labels"])
     return torch.tensor([float(r) for r in rewards], dtype=torch.float32)
 
 
-def forward(groups, experiences: list[Experience]) -> None:
-    """Old log-probs + entropy (actor, one forward), reference log-probs, values; all groups at once."""
-    keys = ("sequences", "attention_mask", "action_mask")
-
-    def launch(group):
-        if group is None:
-            return None
-        shards = round_robin([e.to_payload(keys) for e in experiences], len(group))
-        return group.call_sharded("forward", shards)
-
-    refs = {name: launch(getattr(groups, name)) for name in ("actor", "ref", "critic")}
-    for name, rs in refs.items():
-        if rs is None:
-            continue
-        outs = ray.get(rs)
-        world = len(outs)
-        for i, e in enumerate(experiences):
-            out = outs[i % world][i // world]
-            if name == "actor":
-                e.action_log_probs, e.action_entropy = out
-            elif name == "ref":
-                e.base_action_log_probs = out
-            else:
-                e.values = out
+def forward(groups, rollouts: dict, micro_batch_size: int) -> Forward:
+    """Old log-probs + entropy (actor, one forward), reference log-probs, values: every group at once,
+    each worker a round-robin share of the step's micro-batches of ``micro_batch_size`` responses."""
+    payloads = [e.to_payload(MODEL_INPUTS) for e in make_experiences(rollouts, micro_batch_size)]
+    names = [name for name in ("actor", "ref", "critic") if getattr(groups, name) is not None]
+    refs = {name: getattr(groups, name).call_round_robin("forward", payloads) for name in names}  # all launched
+    outs = {name: in_item_order(ray.get(r)) for name, r in refs.items()}  # one result per micro-batch
+    log_probs, entropy = (torch.cat(parts) for parts in zip(*outs["actor"]))
+    return Forward(log_probs=log_probs, entropy=entropy,
+                   ref_log_probs=torch.cat(outs["ref"]) if "ref" in outs else None,
+                   values=torch.cat(outs["critic"]) if "critic" in outs else None)
 
 
-def advantages(args, experiences: list[Experience], rewards: torch.Tensor) -> dict:
-    """KL, advantages and returns over the whole step (group estimators need every response of a
-    prompt), written back into the experiences. Returns step metrics."""
-    mask = cat_field(experiences, "action_mask")  # (B, A)
-    split_info(experiences, "reward", rewards)
-    metrics = {}
-    kl = None
-    if experiences[0].base_action_log_probs is not None:
-        kl = kl_estimate(cat_field(experiences, "action_log_probs"), cat_field(experiences, "base_action_log_probs"),
-                         args.kl_estimator) * mask  # (B, A)
-        split_field(experiences, "kl", kl)
-        per_sample = (kl.sum(-1) / mask.sum(-1).clamp(min=1))  # (B,)
-        split_info(experiences, "kl", per_sample)
-        metrics["kl"] = per_sample.mean().item()
-    values = cat_field(experiences, "values") if experiences[0].values is not None else None
+def mark_entropy(entropy: torch.Tensor, action_mask: torch.Tensor, ratio: float) -> EntropyMarks:
+    """The step's top-``ratio`` highest-entropy tokens, once: for the step's log line and for the saver."""
+    marks, threshold = high_entropy_mask(entropy, action_mask, ratio, scope="step")
+    return EntropyMarks(marks=marks, threshold=threshold, ratio=ratio)
+
+
+def advantages(args, action_mask: torch.Tensor, rewards: torch.Tensor, fwd: Forward) -> Advantages:
+    """KL, advantages, returns and the policy loss's token mask over the whole step; ``rewards`` (B,)."""
+    kl = kl_per_response = None
+    if fwd.ref_log_probs is not None:
+        kl = kl_estimate(fwd.log_probs, fwd.ref_log_probs, args.kl_estimator) * action_mask  # (B, A)
+        kl_per_response = masked_mean(kl, action_mask, dim=-1)  # (B,)
     adv, ret = compute_advantages(
-        rewards, mask, args.advantage_estimator, args.n_samples_per_prompt, values=values,
+        rewards, action_mask, args.advantage_estimator, args.n_samples_per_prompt, values=fwd.values,
         gamma=args.gamma, lambd=args.lambd,
         kl=None if args.use_kl_loss else kl, kl_coef=0.0 if args.use_kl_loss else args.init_kl_coef,
         advantage_std_norm=not args.no_advantage_std_norm)
-    split_field(experiences, "advantages", adv)
-    split_field(experiences, "returns", ret)
+    loss_mask = None
     if args.policy_loss_entropy_top_ratio is not None:
-        weights = high_entropy_loss_mask(cat_field(experiences, "action_entropy"), mask,
-                                         args.policy_loss_entropy_top_ratio).float()
-        split_field(experiences, "loss_mask", weights)
-    metrics["advantage_abs"] = (adv.abs() * mask).sum().item() / max(mask.sum().item(), 1)
-    return metrics
+        loss_mask = high_entropy_loss_mask(fwd.entropy, action_mask, args.policy_loss_entropy_top_ratio).float()
+    return Advantages(advantages=adv, returns=ret, kl=kl, kl_per_response=kl_per_response, loss_mask=loss_mask)
 
 
-def entropy_stats(experiences: list[Experience], ratio: float) -> dict:
+def entropy_stats(entropy: torch.Tensor, action_mask: torch.Tensor, marks: EntropyMarks) -> dict:
     """The step's entropy over every response token: mean, p80, the top-ratio threshold, share at/above it."""
-    ent = cat_field(experiences, "action_entropy")
-    mask = cat_field(experiences, "action_mask")
-    vals = ent[mask & torch.isfinite(ent)]
+    vals = entropy[action_mask.bool() & torch.isfinite(entropy)]  # (n,)
     if vals.numel() == 0:
         return {}
-    marks, threshold = high_entropy_mask(ent, mask, ratio, scope="step")
     return {"entropy/mean": vals.mean().item(),
             "entropy/p80": torch.quantile(vals.double(), 0.8).item(),
-            "entropy/threshold": float(threshold),
-            "entropy/share_above": marks.sum().item() / vals.numel()}
+            "entropy/threshold": float(marks.threshold),
+            "entropy/share_above": marks.marks.sum().item() / vals.numel()}
 
 
-def save_trajectories(saver, global_step: int, experiences: list[Experience]) -> dict | None:
-    """Hand every response of the step to the saver (so its threshold sees them all)."""
+def save_trajectories(saver, global_step: int, experiences: list[Experience], marks: EntropyMarks) -> dict | None:
+    """Hand every response of the step to the saver (so its threshold sees them all). When the saver
+    ranks by the step's own ratio and scope, it is handed the step's marks instead of ranking again."""
     if saver is None:
         return None
-    return saver.save_step(global_step, experiences)
+    same_rule = saver.scope == "step" and saver.ratio == marks.ratio and saver.group is None
+    return saver.save_step(global_step, experiences, marks=(marks.marks, marks.threshold) if same_rule else None)
 
 
 def update(groups, args, experiences: list[Experience], global_step: int) -> dict:
-    """PPO epochs on the actor (and critic) workers; each gets an equal share of the experiences."""
+    """PPO epochs on the actor (and critic) workers; each gets a round-robin share of the experiences."""
     keys = ("sequences", "attention_mask", "action_mask", "action_log_probs", "advantages", "returns",
             "base_action_log_probs", "values", "loss_mask")
     payloads = [e.to_payload(keys) for e in experiences]
-    refs = groups.actor.call_sharded("train", round_robin(payloads, len(groups.actor)), args.seed + global_step)
+    refs = groups.actor.call_round_robin("train", payloads, args.seed + global_step)
     if groups.critic is not None:
-        refs += groups.critic.call_sharded("train", round_robin(payloads, len(groups.critic)), args.seed + global_step)
+        refs += groups.critic.call_round_robin("train", payloads, args.seed + global_step)
     metrics: dict[str, list[float]] = {}
     for out in ray.get(refs):
         for k, v in out.items():
@@ -185,9 +202,12 @@ def sync_weights(groups, args) -> None:
 
 
 def step_metrics(experiences: list[Experience]) -> dict:
-    """Per-step means of the per-sample info (reward, response_length, truncated, ...)."""
+    """Per-step means of the per-sample info (reward, response_length, truncated, kl, ...) and of the
+    advantages' size over every response token."""
     out = {}
     for k in experiences[0].info:
         v = torch.cat([torch.as_tensor(e.info[k], dtype=torch.float32) for e in experiences])
         out[k] = v.mean().item()
+    mask = torch.cat([e.action_mask for e in experiences])  # (B, A)
+    out["advantage_abs"] = masked_mean(torch.cat([e.advantages for e in experiences]).abs(), mask).item()
     return out

@@ -9,6 +9,7 @@ import torch
 
 from .files import finite_or_none
 from .texts import token_texts
+from openrlhf_ext.utils.tensors import masked_mean
 
 
 @dataclass
@@ -69,8 +70,7 @@ def _masked_mean(values: torch.Tensor | None, mask: torch.Tensor) -> np.ndarray:
     values = values.detach().float().cpu()
     if values.dim() == 1:  # already per sample
         return values.numpy().astype(np.float64)
-    m = mask.float()
-    return ((values * m).sum(-1) / m.sum(-1).clamp(min=1)).numpy().astype(np.float64)
+    return masked_mean(values, mask, dim=-1).numpy().astype(np.float64)
 
 
 def collect_step(experiences) -> StepBatch:

@@ -119,13 +119,15 @@ class TrajectorySaver:
     def should_save(self, global_step: int) -> bool:
         return global_step % self.save_every == 0
 
-    def save_step(self, global_step: int, experiences) -> dict | None:
+    def save_step(self, global_step: int, experiences, marks=None) -> dict | None:
         """Write step ``global_step``'s files; returns its manifest entry, or None when the step
-        is not one to save or writing failed (a warning is logged; raised with ``strict``)."""
+        is not one to save or writing failed (a warning is logged; raised with ``strict``).
+        ``marks``: the step's ``(marks, threshold)`` if the trainer has them already, as
+        ``high_entropy_mask`` gives them at this saver's ratio and scope; None: computed here."""
         if not self.should_save(global_step):
             return None
         try:
-            entry = self._save_step(global_step, experiences)
+            entry = self._save_step(global_step, experiences, marks)
         except Exception as e:  # the saver must never stop training unless asked to
             if self.strict:
                 raise
@@ -146,10 +148,10 @@ class TrajectorySaver:
             self.failures = 0
         return entry
 
-    def _save_step(self, global_step: int, experiences) -> dict:
+    def _save_step(self, global_step: int, experiences, given_marks=None) -> dict:
         started = time.perf_counter()
         batch = collect_step(experiences)
-        marks, threshold = self._marks(batch)
+        marks, threshold = given_marks if given_marks is not None and self.mark_high_entropy else self._marks(batch)
         chosen = choose_responses(
             batch.group, batch.rewards, self.num_to_save, self.sampling, seed=self.seed + global_step,
             forks=marks.sum(-1).tolist(),

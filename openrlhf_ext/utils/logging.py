@@ -1,7 +1,10 @@
 """Progress and metrics: a tqdm bar over steps, one console line per step, TensorBoard, W&B.
 
-    >>> log = StepLogger(args, total_steps=20, initial_step=0)
-    >>> log.log_step(1, {"reward": 0.4, "time/step": 2.1})
+    >>> import argparse
+    >>> args = argparse.Namespace(use_tensorboard=None, use_wandb=None, logging_steps=1)
+    >>> log = StepLogger(args, total_steps=20, initial_step=0)   # the tqdm bar is drawn on stderr
+    >>> log.log_step(1, {"reward": 0.4, "entropy/mean": 1.234, "time/generate": 1.5, "time/step": 2.1})
+    step 1/20 | reward 0.400 | ent 1.234 | 2.1s (gen 1.50)
     >>> log.close()
 """
 from __future__ import annotations
@@ -66,9 +69,6 @@ class StepLogger:
             self.tb.flush()
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in scalars.items()}, step=step)
-
-    def write(self, text: str) -> None:
-        self.bar.write(text)
 
     def close(self) -> None:
         self.bar.close()

@@ -1,4 +1,4 @@
-"""Advantages, returns, KL estimates and the clipped policy loss: pure torch, no trainer state.
+"""Advantages and returns of a step's responses, by the estimators of OpenRLHF: pure torch, no trainer state.
 
 Conventions (OpenRLHF's):
 - One step's batch is ``B = num_prompts * n_samples_per_prompt`` responses, the samples of a
@@ -18,16 +18,15 @@ Example (GRPO on one prompt with 2 samples, one right and one wrong):
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from openrlhf_ext.utils.tensors import masked_mean
 
 ADVANTAGE_ESTIMATORS = ("gae", "reinforce", "rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 # Estimators that compare the samples of one prompt with each other (need whole groups, gamma 1).
 GROUP_ESTIMATORS = ("rloo", "reinforce_baseline", "group_norm", "dr_grpo")
 # OpenRLHF whitens these over all response tokens of the step (the group ones are already centred).
 BATCH_NORMALIZED_ESTIMATORS = ("gae", "reinforce", "reinforce_baseline")
-KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def check_advantage_config(estimator: str, n_samples_per_prompt: int, gamma: float = 1.0, has_critic: bool = False) -> None:
@@ -56,41 +55,6 @@ def check_advantage_config(estimator: str, n_samples_per_prompt: int, gamma: flo
         raise ValueError(f"--gamma must be in [0, 1] (got {gamma}).")
     if estimator == "gae" and not has_critic:
         raise ValueError("--advantage_estimator gae needs a critic (values); pick reinforce, rloo, reinforce_baseline, group_norm or dr_grpo to train without one.")
-
-
-def kl_estimate(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, kl_estimator: str = "k1") -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from the sampled tokens' log-probs, (B, A) float32.
-
-    With ``d = log_probs - ref_log_probs`` (Schulman, "Approximating KL divergence"):
-    ``k1 = d`` (unbiased, can be negative), ``k2 = d**2 / 2``, ``k3 = exp(-d) - 1 + d`` (unbiased, >= 0).
-    Masking is the caller's job (padding positions come out as whatever their inputs give).
-
-    Example:
-        >>> lp, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-2.0, -2.0]])
-        >>> kl_estimate(lp, ref, "k1"), kl_estimate(lp, ref, "k2")
-        (tensor([[1., 0.]]), tensor([[0.5000, 0.0000]]))
-        >>> kl_estimate(lp, ref, "k3")  # exp(-1) - 1 + 1
-        tensor([[0.3679, 0.0000]])
-    """
-    d = log_probs.float() - ref_log_probs.float()  # (B, A) log ratio policy / reference
-    if kl_estimator == "k1":
-        return d
-    if kl_estimator == "k2":
-        return d.square() / 2.0
-    if kl_estimator == "k3":
-        return torch.expm1(-d) + d
-    raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    """Mean of ``x`` over ``mask`` (over all elements, or along ``dim``).
-
-    Example:
-        >>> masked_mean(torch.tensor([[1.0, 3.0, 100.0]]), torch.tensor([[True, True, False]]))
-        tensor(2.)
-    """
-    mask = mask.to(x.dtype)
-    return (x * mask).sum(dim=dim) / mask.sum(dim=dim).clamp(min=1)
 
 
 def shape_group_rewards(rewards: torch.Tensor, estimator: str, n_samples_per_prompt: int) -> torch.Tensor:
@@ -218,7 +182,7 @@ def compute_advantages(
         n_samples_per_prompt: group size for the group estimators.
         values: (B, A) critic values, gae only.
         gamma, lambd: discount and GAE lambda (group estimators require gamma == 1).
-        kl: (B, A) per-token KL estimate (`kl_estimate`); with ``kl_coef > 0`` it is subtracted
+        kl: (B, A) per-token KL estimate (`openrlhf_ext.algo.kl.kl_estimate`); with ``kl_coef > 0`` it is subtracted
             from the token rewards as OpenRLHF's KL penalty in the reward (not with ``--use_kl_loss``).
         advantage_std_norm: for gae, reinforce and reinforce_baseline OpenRLHF whitens the advantages
             over all real tokens of the step; False only centres them (``--no_advantage_std_norm``).
@@ -247,80 +211,3 @@ def compute_advantages(
     if estimator in BATCH_NORMALIZED_ESTIMATORS:
         advantages = whiten(advantages, mask, std_norm=advantage_std_norm)
     return advantages, returns
-
-
-def high_entropy_loss_mask(entropy: torch.Tensor, action_mask: torch.Tensor, top_ratio: float) -> torch.Tensor:
-    """(B, A) bool: the real tokens whose entropy is in the top ``top_ratio`` of the batch.
-
-    "Beyond the 80/20 Rule" (arXiv 2506.01939) trains on the forking tokens only: the threshold is
-    the batch's ``(1 - top_ratio)`` entropy quantile over real tokens; a token is kept when its
-    entropy is ``>=`` the k-th largest, ``k = ceil(top_ratio * n_real)`` (ties are all kept).
-    Compute it once over the whole step's batch, not per micro-batch.
-
-    Example:
-        >>> ent = torch.tensor([[0.1, 2.0, 0.3, 9.9], [1.5, 0.2, 0.0, 0.0]])
-        >>> mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
-        >>> high_entropy_loss_mask(ent, mask, 0.4)  # 5 real tokens -> top 2: 2.0 and 1.5
-        tensor([[False,  True, False, False],
-                [ True, False, False, False]])
-    """
-    if not 0.0 < top_ratio <= 1.0:
-        raise ValueError(f"--policy_loss_entropy_top_ratio must be in (0, 1], got {top_ratio}")
-    mask = action_mask.bool()
-    real = entropy.float()[mask]  # (n_real,)
-    if real.numel() == 0:
-        return torch.zeros_like(mask)
-    k = max(1, math.ceil(top_ratio * real.numel() - 1e-9))
-    threshold = torch.topk(real, k).values[-1]
-    return (entropy.float() >= threshold) & mask
-
-
-def policy_loss(
-    log_probs: torch.Tensor,
-    old_log_probs: torch.Tensor,
-    advantages: torch.Tensor,
-    action_mask: torch.Tensor,
-    eps_clip: float = 0.2,
-    token_weights: torch.Tensor | None = None,
-    eps_clip_high: float | None = None,
-    loss_agg: str = "token_mean",
-    norm_len: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO clipped surrogate loss: ``(loss, clip_ratio)``, both scalar tensors.
-
-    Per token: ``-min(ratio * A, clip(ratio, 1 - eps_clip, 1 + eps_clip_high) * A)`` with
-    ``ratio = exp(log_probs - old_log_probs)``. ``token_weights`` (B, A), e.g. the float of
-    `high_entropy_loss_mask`, multiplies each token's loss while the normaliser stays the count of
-    real tokens: the 80/20 paper's objective, where the other tokens simply give no gradient.
-
-    loss_agg: ``token_mean`` (sum over real tokens / their count: OpenRLHF's default),
-    ``seq_mean`` (mean per response, then over responses), or ``seq_sum_norm`` (each response's sum
-    divided by the constant ``norm_len``, e.g. generate_max_len: Dr. GRPO's length-unbiased form).
-    clip_ratio is the share of real tokens whose clipped branch was taken.
-
-    Example (ratio 1 everywhere: loss = -mean advantage):
-        >>> lp = torch.zeros(1, 3, requires_grad=True)
-        >>> loss, clip = policy_loss(lp, torch.zeros(1, 3), torch.tensor([[1.0, 2.0, 99.0]]), torch.tensor([[1, 1, 0]]))
-        >>> loss.item(), clip.item()
-        (-1.5, 0.0)
-    """
-    mask = action_mask.float()
-    eps_high = eps_clip if eps_clip_high is None else eps_clip_high
-    ratio = (log_probs.float() - old_log_probs.float()).exp()  # (B, A)
-    surr1 = ratio * advantages
-    surr2 = ratio.clamp(1 - eps_clip, 1 + eps_high) * advantages
-    per_token = -torch.min(surr1, surr2)  # (B, A)
-    if token_weights is not None:
-        per_token = per_token * token_weights.float()
-    if loss_agg == "token_mean":
-        loss = masked_mean(per_token, mask)
-    elif loss_agg == "seq_mean":
-        loss = masked_mean(per_token, mask, dim=-1).mean()
-    elif loss_agg == "seq_sum_norm":
-        if not norm_len:
-            raise ValueError("loss_agg='seq_sum_norm' needs norm_len (e.g. --generate_max_len)")
-        loss = ((per_token * mask).sum(-1) / norm_len).mean()
-    else:
-        raise ValueError(f"loss_agg must be token_mean, seq_mean or seq_sum_norm, got {loss_agg!r}")
-    clip_ratio = masked_mean((surr2 < surr1).float(), mask).detach()
-    return loss, clip_ratio
