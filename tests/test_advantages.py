@@ -355,3 +355,12 @@ def test_high_entropy_loss_mask_is_the_definition_with_ties_and_nan(data, rows, 
     mask = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=width, max_size=width), min_size=rows, max_size=rows)))
     keep = high_entropy_loss_mask(ent, mask, ratio)
     assert keep.tolist() == forking_tokens_by_definition(ent.tolist(), mask.tolist(), ratio)
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "dr_grpo", "group_norm", "reinforce_baseline"])
+def test_a_group_of_equal_rewards_gets_no_advantage(estimator):
+    """Six equal rewards (a value whose float32 mean misses it by an ulp): every advantage is 0,
+    not the ulp divided by a std of ~1e-7 (which gave ~0.1 under group_norm)."""
+    rewards = torch.full((6,), 1.0107104778289795)
+    adv, _ = compute_advantages(rewards, torch.ones(6, 1, dtype=torch.bool), estimator, 6)
+    assert torch.equal(adv, torch.zeros_like(adv))

@@ -74,14 +74,16 @@ def shape_group_rewards(rewards: torch.Tensor, estimator: str, n_samples_per_pro
     n = n_samples_per_prompt
     if rewards.numel() % n:
         raise ValueError(f"{rewards.numel()} rewards do not split into groups of n_samples_per_prompt={n}")
-    r = rewards.float().reshape(-1, n)  # (num_prompts, n)
+    # float64: in float32 the mean of a group of equal rewards can miss them by an ulp, and that
+    # ulp divided by a std of ~1e-7 gave such a group advantages of ~0.1 instead of 0.
+    r = rewards.double().reshape(-1, n)  # (num_prompts, n)
     if estimator == "rloo":
         r = r - (r.sum(-1, keepdim=True) - r) / (n - 1)
     elif estimator in ("reinforce_baseline", "dr_grpo"):
         r = r - r.mean(-1, keepdim=True)
     else:  # group_norm
         r = (r - r.mean(-1, keepdim=True)) / (r.std(-1, keepdim=True) + 1e-9)
-    return r.reshape(-1)
+    return r.reshape(-1).float()
 
 
 def token_rewards(rewards: torch.Tensor, action_mask: torch.Tensor, kl: torch.Tensor | None = None,

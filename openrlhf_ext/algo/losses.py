@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from openrlhf_ext.algo.kl import kl_estimate
-from openrlhf_ext.trajectory.marks import high_entropy_mask, top_count
+from openrlhf_ext.trajectory.marks import check_ratio, high_entropy_mask
 from openrlhf_ext.utils.tensors import masked_mean
 
 LOSS_AGGREGATIONS = ("token_mean", "seq_mean", "seq_sum_norm")
@@ -37,9 +37,9 @@ def high_entropy_loss_mask(entropy: torch.Tensor, action_mask: torch.Tensor, top
                 [ True, False, False, False]])
     """
     try:
-        top_count(top_ratio, 1)  # the marks' own range check; the message names this flag
-    except ValueError:
-        raise ValueError(f"--policy_loss_entropy_top_ratio must be in (0, 1], got {top_ratio}") from None
+        check_ratio(top_ratio)
+    except ValueError as e:
+        raise ValueError(f"--policy_loss_entropy_top_ratio: {e}") from None
     marks, _ = high_entropy_mask(entropy, action_mask, top_ratio, scope="step")
     return marks
 

@@ -2,9 +2,9 @@
 dotted rename), plus every trajectory flag of the saver.
 
     >>> from openrlhf_ext.cli.train_args import parse_train_args
-    >>> args = parse_train_args(["--max_steps", "2", "--save_trajectories"])
-    >>> args.n_samples_per_prompt, args.advantage_estimator
-    (4, 'group_norm')
+    >>> args = parse_train_args(["--pretrain", "Qwen/Qwen2.5-1.5B", "--save_trajectories"])
+    >>> args.n_samples_per_prompt, args.advantage_estimator, args.high_entropy_token_ratio
+    (4, 'group_norm', 0.2)
 
 `validate_args` turns a bad combination into one sentence that says what to change; the parser
 prints it and exits with status 2 before Ray or DeepSpeed start.

@@ -5,7 +5,8 @@
     >>> engines.load_weights(safetensors_bytes)                # after each training step
 
 Token ids go in, not text: vLLM and the trainer then see one tokenization, whatever vLLM's
-tokenizer class would have done to the text (the qwen2 pre-tokenizer trap of issue 4).
+tokenizer class would have done to the text (such as re-imposing a model family's pre-tokenizer,
+qwen2's, on our tokenizer.json).
 
 Weight sync (measured on vLLM 0.32 CPU): a `worker_extension_cls` method reached through
 `llm.collective_rpc`. Its name must not be `update_weights` (the CPU worker has one). The weights
