@@ -170,6 +170,22 @@ def test_long_response_is_built_lazily(viewer, tmp_path):
     assert hit.inner_text() == " needle" and hit.is_visible()
 
 
+
+def test_scrolling_down_a_long_response_builds_the_rest(viewer, tmp_path):
+    # The pane builds tokens as its end comes into view; the end must keep coming, chunk after
+    # chunk, while the reader scrolls (not stop once the first chunks are on screen).
+    resp = [(f" w{i}", (i % 97) / 40, -0.1) for i in range(5000)]
+    recs = [make_record(1, 0, ["P"], resp)]
+    mark_step(recs)
+    viewer.load(write_json(tmp_path / "trajectories_step_1.json", recs))
+    for _ in range(200):                                   # hang guard: 200 scrolls
+        if viewer.locator(".pane .tok").count() == 5000:
+            break
+        viewer.evaluate("document.querySelector('.pane-body').scrollTop = 1e9")
+        viewer.wait_for_timeout(50)
+    assert viewer.locator(".pane .tok").count() == 5000
+    assert viewer.locator(".pane .tok >> nth=4999").inner_text() == " w4999"
+
 # A mode as the next one will be written: one entry of the registry, nothing else.
 PARITY_MODE = """() => window.__viewer.modes.push({
     id: 'parity', label: 'Parity', title: 'even positions', available: (s) => s.step === 2,
