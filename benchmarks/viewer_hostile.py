@@ -59,12 +59,12 @@ class PeakRSS:
 
     def __init__(self):
         import psutil
-        self.me, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.me, self.peak = psutil.Process(), 0
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self):
-        while not self._stop.is_set():
+        while True:                                  # a daemon thread: ends with the child process
             total = 0
             for p in self.me.children(recursive=True):
                 try:
