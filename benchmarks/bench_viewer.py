@@ -1,6 +1,10 @@
 """Viewer speed on big files: viewer/render_trajectories.html against a naive page, same run.
 
     python benchmarks/bench_viewer.py [--sizes 10,100] [--lean-mb 100] [--repeat 3] [--data DIR]
+    python benchmarks/bench_viewer.py --hostile [--baseline main] [--cap 120] [--bomb-gb 3]
+
+--hostile measures the hostile files of issue 8 instead (a 5 MB token, a gzip bomb) against the
+page of --baseline, in the same run: see benchmarks/viewer_hostile.py.
 
 Generates trajectory files (benchmarks/gen_big_trajectories.py), opens each in headless Debian
 Chromium through the page's file input, and times, inside the page (performance.now()):
@@ -28,6 +32,7 @@ from playwright.sync_api import sync_playwright
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from gen_big_trajectories import generate  # noqa: E402
+from viewer_hostile import run_hostile  # noqa: E402
 
 VIEWER = HERE.parent / "viewer" / "render_trajectories.html"
 NAIVE = HERE / "naive_viewer.html"
@@ -101,12 +106,19 @@ def main():
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--data", default=None, help="folder for the generated files (default: a temp dir)")
     ap.add_argument("--naive-lean", action="store_true", help="also run the naive page on the lean file (1.7 M spans: minutes)")
+    ap.add_argument("--hostile", action="store_true", help="the hostile files of issue 8 against --baseline instead")
+    ap.add_argument("--baseline", default="main", help="git revision whose viewer is the baseline of --hostile")
+    ap.add_argument("--cap", type=float, default=120, help="--hostile: seconds a page may take on a case before it is stopped")
+    ap.add_argument("--bomb-gb", type=float, default=3, help="--hostile: GiB of zeros the gzip bomb expands to")
     a = ap.parse_args()
     exe = shutil.which("chromium")
     if not exe:
         sys.exit("chromium not found on PATH (apt-get install -y chromium)")
     data_dir = Path(a.data or tempfile.mkdtemp(prefix="bench_viewer_"))
     data_dir.mkdir(parents=True, exist_ok=True)
+    if a.hostile:
+        run_hostile(data_dir, a.baseline, a.cap, a.bomb_gb)
+        return
     cases = [(f"{mb} MB", data_dir / f"full_{mb}mb" / "trajectories_step_1.json", mb, False) for mb in map(int, a.sizes.split(","))]
     if a.lean_mb:
         cases.append((f"{a.lean_mb} MB lean", data_dir / f"lean_{a.lean_mb}mb" / "trajectories_step_1.json", a.lean_mb, True))

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 VIEWER = Path(__file__).resolve().parents[2] / "viewer" / "render_trajectories.html"
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+# ../shared beside the checkout; for a git worktree one level further up (beside the main checkout).
+_ROOT = Path(__file__).resolve().parents[2]
+SHARED = next((d for d in (_ROOT.parent / "shared", _ROOT.parent.parent / "shared") if d.is_dir()), _ROOT.parent / "shared")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -46,11 +48,11 @@ def viewer(page):
     """The viewer opened from its file; `viewer.load(*paths)` picks files through the real input."""
     page.goto(VIEWER.as_uri())
 
-    def load(*paths, selector="#file-input", wait=True):
+    def load(*paths, selector="#file-input", wait=True, timeout_s=15):
         page.set_input_files(selector, [str(p) for p in paths])
         if wait:
             # Polled from here: wait_for_function would eval() a string, which the page's CSP forbids.
-            for _ in range(600):
+            for _ in range(int(timeout_s * 40)):
                 if page.evaluate("() => window.__viewer.timings.loadEnd > (window.__lastLoad || 0)"):
                     break
                 page.wait_for_timeout(25)

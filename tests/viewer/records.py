@@ -8,6 +8,7 @@ import gzip
 import json
 import math
 import re
+import zlib
 
 
 def mark_step(records, ratio=0.2):
@@ -89,3 +90,27 @@ def math_step(step, n_groups=2, per_group=3, seed=0):
             idx += 1
     mark_step(records, 0.2)
     return records
+
+
+def write_gzip_bomb(path, n_bytes, chunk=1 << 24):
+    """A .json.gz of `n_bytes` zeros, streamed through zlib (never all in memory): about 1 KB of
+    gzip per MB it expands to."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)          # wbits 31: the gzip container
+    zeros = bytes(chunk)
+    with open(path, "wb") as f:
+        for _ in range(n_bytes // chunk):
+            f.write(z.compress(zeros))
+        f.write(z.compress(bytes(n_bytes % chunk)) + z.flush())
+    return path
+
+
+LOREM = "lorem ipsum dolor sit amet, "
+
+
+def long_token_step(step=1, n_chars=5_000_000):
+    """One response whose middle token is `n_chars` characters of words and spaces (what a
+    broken converter writes when it puts a whole text in one token)."""
+    text = (LOREM * (n_chars // len(LOREM) + 1))[:n_chars]
+    recs = [make_record(step, 0, ["P"], [(" start", 0.5), (text, 2.0), (" end", 0.1)])]
+    mark_step(recs, 0.34)
+    return recs, text

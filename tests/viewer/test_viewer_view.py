@@ -168,3 +168,55 @@ def test_long_response_is_built_lazily(viewer, tmp_path):
     assert viewer.inner_text("#search-count") == "1 of 1"
     hit = viewer.locator(".pane .tok.hit-cur")
     assert hit.inner_text() == " needle" and hit.is_visible()
+
+
+
+def test_scrolling_down_a_long_response_builds_the_rest(viewer, tmp_path):
+    # The pane builds tokens as its end comes into view; the end must keep coming, chunk after
+    # chunk, while the reader scrolls (not stop once the first chunks are on screen).
+    resp = [(f" w{i}", (i % 97) / 40, -0.1) for i in range(5000)]
+    recs = [make_record(1, 0, ["P"], resp)]
+    mark_step(recs)
+    viewer.load(write_json(tmp_path / "trajectories_step_1.json", recs))
+    for _ in range(200):                                   # hang guard: 200 scrolls
+        if viewer.locator(".pane .tok").count() == 5000:
+            break
+        viewer.evaluate("document.querySelector('.pane-body').scrollTop = 1e9")
+        viewer.wait_for_timeout(50)
+    assert viewer.locator(".pane .tok").count() == 5000
+    assert viewer.locator(".pane .tok >> nth=4999").inner_text() == " w4999"
+
+# A mode as the next one will be written: one entry of the registry, nothing else.
+PARITY_MODE = """() => window.__viewer.modes.push({
+    id: 'parity', label: 'Parity', title: 'even positions', available: (s) => s.step === 2,
+    scale: () => null, value: (c, i) => i, colour: (v) => (v % 2 ? '' : '--h:rgb(1, 2, 3);--hc:#fff'),
+    score: (v) => 'p' + v, legend: () => ({ lo: 'odd', hi: 'even', bar: 'red', note: 'token parity' }) })"""
+
+
+def test_a_mode_added_to_the_registry_gets_button_colours_legend_and_hash(viewer, tmp_path):
+    a = write_json(tmp_path / "trajectories_step_1.json", math_step(1))
+    b = write_json(tmp_path / "trajectories_step_2.json", math_step(2))
+    viewer.evaluate(PARITY_MODE)
+    viewer.load(a, b)
+    button = viewer.locator("[data-mode=parity]")
+    assert button.inner_text() == "Parity" and button.is_disabled()      # not available at step 1
+    viewer.keyboard.press("n")
+    button.click()
+    assert button.get_attribute("aria-pressed") == "true"
+    assert viewer.get_attribute("[data-mode=marks]", "aria-pressed") == "false"
+    colours = viewer.eval_on_selector_all(".pane .resp-block .tok", "els => els.map(e => getComputedStyle(e).backgroundColor)")
+    assert colours[0::2] == ["rgb(1, 2, 3)"] * len(colours[0::2]) and "rgb(1, 2, 3)" not in colours[1::2]
+    viewer.check("[data-toggle=scores]")
+    assert viewer.eval_on_selector(".pane .resp-block .tok >> nth=3", "e => getComputedStyle(e, '::after').content") == '"p3"'
+    assert viewer.is_visible("#legend") and "token parity" in viewer.inner_text("#legend")
+    assert "mode=parity" in viewer.evaluate("location.hash")
+    # Back at step 1 the mode does not apply: the tokens are drawn in the default mode.
+    viewer.keyboard.press("p")
+    assert viewer.locator(".pane .tok[style]").count() == viewer.locator(".pane .resp-block .tok.hi").count()
+    # The hash accepts the new id like the built-in ones.
+    viewer.reload()
+    viewer.evaluate(PARITY_MODE)
+    viewer.evaluate("location.hash = '#step=2&traj=0&mode=parity'")
+    viewer.load(a, b)
+    assert viewer.get_attribute("[data-mode=parity]", "aria-pressed") == "true"
+    assert viewer.eval_on_selector(".pane .resp-block .tok", "e => getComputedStyle(e).backgroundColor") == "rgb(1, 2, 3)"
