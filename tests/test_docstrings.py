@@ -5,7 +5,7 @@ import importlib
 import pytest
 
 MODULES = ["entropy", "marks", "sampling", "stats", "files", "schema", "args", "saver", "records",
-           "report", "convert", "convert_npz", "convert_jsonl"]
+           "report", "convert", "convert_npz", "convert_jsonl", "layouts"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -12,6 +12,7 @@ import importlib
 # Public name -> module. Loaded on first use, so that `openrlhf-traj validate` and `stats` start
 # without importing torch (seconds on a laptop).
 _EXPORTS = {
+    "ExperienceLayoutError": "layouts",
     "TrajectoryFormatError": "schema",
     "TrajectorySaver": "saver",
     "add_trajectory_args": "args",
