@@ -15,7 +15,8 @@ import types
 import pytest
 import torch
 
-from openrlhf_ext.integrations.openrlhf import TrajectoryActorMixin, _ray_actor_class, trajectory_policy_actor
+from openrlhf_ext.integrations.common import ray_actor_class
+from openrlhf_ext.integrations.openrlhf import TrajectoryActorMixin, trajectory_policy_actor
 from openrlhf_ext.trajectory import load_trajectories
 from openrlhf_ext.trajectory.files import read_manifest
 from openrlhf_ext.trajectory.marks import top_count
@@ -171,7 +172,7 @@ def test_the_ray_class_puts_the_mixin_first_and_refuses_typos():
     base = ray.remote(num_gpus=1)(CPUPolicyActor)  # as upstream decorates PolicyModelActor
     cls = trajectory_policy_actor(base, **FLAGS)
     assert isinstance(cls, ray.actor.ActorClass)
-    plain = _ray_actor_class(cls)
+    plain = ray_actor_class(cls)
     assert plain.__mro__[1:3] == (TrajectoryActorMixin, CPUPolicyActor) and plain.trajectory_flags == FLAGS
     with pytest.raises(ValueError, match="unknown key 'num_trajectory_to_save'"):
         trajectory_policy_actor(base, num_trajectory_to_save=3)

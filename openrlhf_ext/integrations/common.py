@@ -1,6 +1,7 @@
-"""The saver's flags from a mapping (a Hydra config node, keyword arguments), checked by the very
-parser that checks ``--save_trajectories ...`` on the command line, so a typo or a ratio of 2 is
-refused the same way everywhere."""
+"""What the drop-ins share: the saver's flags from a mapping (a Hydra config node, keyword
+arguments), checked by the very parser that checks ``--save_trajectories ...`` on the command line
+so that a typo or a ratio of 2 is refused the same way everywhere; and the plain class behind a
+``@ray.remote`` class, to subclass a trainer's Ray actor."""
 from __future__ import annotations
 
 import argparse
@@ -47,3 +48,9 @@ def saver_args(flags: Mapping, where: str = "trajectory saver", **context) -> ar
         if getattr(args, name, None) is None:
             setattr(args, name, value)
     return args
+
+
+def ray_actor_class(actor_cls):
+    """The plain class behind a ``@ray.remote`` class (or the class itself)."""
+    meta = getattr(actor_cls, "__ray_metadata__", None)
+    return meta.modified_class.__ray_actor_class__ if meta is not None else actor_cls

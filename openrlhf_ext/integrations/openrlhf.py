@@ -38,7 +38,7 @@ import torch
 
 from openrlhf_ext.trajectory import TrajectorySaver, token_entropy
 
-from .flags import saver_args
+from .common import ray_actor_class, saver_args
 
 logger = logging.getLogger(__name__)
 
@@ -231,12 +231,6 @@ def _real_rows(sequences, attention_mask) -> list:
     return out
 
 
-def _ray_actor_class(actor_cls):
-    """The plain class behind a ``@ray.remote`` class (or the class itself)."""
-    meta = getattr(actor_cls, "__ray_metadata__", None)
-    return meta.modified_class.__ray_actor_class__ if meta is not None else actor_cls
-
-
 def trajectory_policy_actor(base=None, **flags):
     """Upstream's ``PolicyModelActor`` (or ``base``) with the trajectory saver, as a Ray actor class.
 
@@ -254,7 +248,7 @@ def trajectory_policy_actor(base=None, **flags):
     saver_args(flags, where="trajectory_policy_actor")  # refuse a typo here, not on every worker
     if base is None:
         from openrlhf.trainer.ray.ppo_actor import PolicyModelActor as base
-    cls = type("TrajectoryPolicyModelActor", (TrajectoryActorMixin, _ray_actor_class(base)),
+    cls = type("TrajectoryPolicyModelActor", (TrajectoryActorMixin, ray_actor_class(base)),
                {"trajectory_flags": dict(flags), "__module__": __name__})
     return ray.remote(num_gpus=1)(cls)
 
