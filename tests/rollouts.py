@@ -54,7 +54,7 @@ def sample(model, tok, n_prompts=4, n_samples=2, temperature=0.7, max_new_tokens
     prompts = [p["prompt"] for p in problems]
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     torch.manual_seed(seed)
-    gen = model.generate(**enc, do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
+    gen = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], do_sample=True, temperature=temperature, top_k=0, top_p=1.0,
                          max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     P = enc["input_ids"].shape[1]
     prompt_ids = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"], enc["attention_mask"])]
