@@ -176,3 +176,34 @@ def test_the_ray_class_puts_the_mixin_first_and_refuses_typos():
     assert plain.__mro__[1:3] == (TrajectoryActorMixin, CPUPolicyActor) and plain.trajectory_flags == FLAGS
     with pytest.raises(ValueError, match="unknown key 'num_trajectory_to_save'"):
         trajectory_policy_actor(base, num_trajectory_to_save=3)
+
+
+def test_a_resumed_run_continues_the_step_numbers_and_redoes_the_later_steps(tmp_path):
+    """Resuming from the checkpoint of step 1 (upstream's ``checkpoint_states``): the files of steps
+    2 and 3 left by the crashed run are dropped, and the next step is saved as step 2."""
+    from openrlhf_ext.models.embedded import embedded_model_path
+    from openrlhf_ext.trajectory import TrajectorySaver
+
+    model, tok = rollouts.load_embedded()
+    ro = rollouts.sample(model, tok, n_prompts=2, n_samples=2, temperature=TEMPERATURE, seed=9)
+    earlier = TrajectorySaver(tmp_path / "trajectories", tok)
+    for step in (1, 2, 3):
+        earlier.save_step(step, rollouts.upstream_experiences(ro, micro=4, Experience=Experience))
+
+    class ResumedActor(CPUPolicyActor):
+        def init_model_from_pretrained(self, *args, **kwargs):
+            super().init_model_from_pretrained(*args, **kwargs)
+            self.checkpoint_states = {"global_step": 1}
+
+    actor = type("Actor", (TrajectoryActorMixin, ResumedActor), {"trajectory_flags": FLAGS})()
+    actor.init_model_from_pretrained(types.SimpleNamespace(args=upstream_args(tmp_path)), embedded_model_path())
+    assert [m["global_step"] for m in read_manifest(tmp_path / "trajectories" / "manifest.jsonl")] == [1]
+    (exp,) = rollouts.upstream_experiences(ro, micro=4, Experience=Experience)
+    del exp.action_entropy
+    exp.action_log_probs = actor.forward(exp.sequences, exp.action_mask, exp.attention_mask)
+    actor.append(exp)
+    actor.fit()
+    assert [m["global_step"] for m in read_manifest(tmp_path / "trajectories" / "manifest.jsonl")] == [1, 2]
+    assert not (tmp_path / "trajectories" / "trajectories_step_3.json").exists()
+    (rec, *_) = load_trajectories(tmp_path / "trajectories" / "trajectories_step_2.json")
+    assert all(t["entropy_score"] is not None for t in rec["pure_generated_tokens"])

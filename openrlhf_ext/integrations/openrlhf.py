@@ -17,8 +17,9 @@ experiences (advantages and returns computed), then ``fit``. ``forward`` also co
 very logits of that pass (a forward hook on the model, before upstream touches them), the entropy
 of softmax(logits / temperature) of every token: the distribution the rollout sampled from.
 Upstream's own entropy (``compute_entropy``, used for ``entropy_loss_coef`` and logged) is taken
-from the logits *before* the division by the temperature in 0.8.3 - 0.11.0 (0.11.2 scales first),
-so at temperature != 1 it is not the sampling distribution's; ours always is. ``append`` keeps each
+in the training step, from the logits *before* the division by the temperature in 0.8.3 - 0.11.0
+(0.11.1 and later scale first), so at temperature != 1 it is not the sampling distribution's; ours
+always is. ``append`` keeps each
 experience with its entropy (rows whose ``forward`` ran on another rank, as with dynamic batching,
 cost one extra no-grad forward here); ``fit`` gathers the step's experiences on rank 0, which saves
 them with ``TrajectorySaver`` (layout "shifted" detected: see trajectory/layouts.py) before training.
