@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from openrlhf_ext.integrations.common import ray_actor_class
-from openrlhf_ext.integrations.openrlhf import TrajectoryActorMixin, trajectory_policy_actor
+from openrlhf_ext.integrations.openrlhf import TrajectoryActorMixin, _real_rows, trajectory_policy_actor
 from openrlhf_ext.trajectory import load_trajectories
 from openrlhf_ext.trajectory.files import read_manifest
 from openrlhf_ext.trajectory.marks import top_count
@@ -207,3 +207,23 @@ def test_a_resumed_run_continues_the_step_numbers_and_redoes_the_later_steps(tmp
     assert not (tmp_path / "trajectories" / "trajectories_step_3.json").exists()
     (rec, *_) = load_trajectories(tmp_path / "trajectories" / "trajectories_step_2.json")
     assert all(t["entropy_score"] is not None for t in rec["pure_generated_tokens"])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_entropies_of_one_model_call_land_on_their_rows(packed):
+    """A padded call gives (B, S) entropies, a packed one (--packing_samples) (1, T) with the rows'
+    real tokens one after the other; either way token j + 1 gets the entropy at position j."""
+    nan = float("nan")
+    actor = object.__new__(type("Actor", (TrajectoryActorMixin, CPUPolicyActor), {}))
+    actor._trajectory_entropies, actor._trajectory_entropy_ok = {}, True
+    seqs = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])  # right-padded, as upstream's
+    attn = (seqs > 0).long()
+    if packed:
+        entropy = torch.tensor([[0.1, 0.2, 0.3, 0.4, 0.5]])  # row 0 at 0-2, row 1 at 3-4
+    else:
+        entropy = torch.tensor([[0.1, 0.2, 0.3, 9.0], [0.4, 0.5, 9.0, 9.0]])
+    actor._keep_entropies(_real_rows(seqs, attn), tuple(seqs.shape), entropy)
+    exp = types.SimpleNamespace(sequences=seqs, attention_mask=attn, action_mask=torch.ones(2, 3, dtype=torch.bool))
+    got = actor._entropy_of(exp)  # (B, S - 1)
+    assert torch.equal(got.isnan(), torch.tensor([[False, False, True], [False, True, True]]))
+    assert got[~got.isnan()].tolist() == pytest.approx([0.1, 0.2, 0.4])

@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import logging
 import sys
+import types
 
 import torch
 
@@ -76,7 +77,7 @@ class TrajectoryActorMixin:
         return result
 
     def forward(self, sequences, action_mask=None, attention_mask=None, *args, **kwargs):
-        if self._trajectory_open:  # experiences came but no fit: the actor did not train that step
+        if getattr(self, "_trajectory_open", False):  # experiences but no fit: the actor did not train
             self._trajectory_close()
         return self._forward_with_entropy(sequences, action_mask, attention_mask, *args, **kwargs)
 
@@ -141,7 +142,8 @@ class TrajectoryActorMixin:
 
         def hook(module, inputs, output):
             logits = output["logits"] if isinstance(output, dict) else output[0]  # (B, S, V) or packed (1, T, V)
-            self._keep_entropies(rows, token_entropy(logits.detach(), self._trajectory_temperature))
+            entropy = token_entropy(logits.detach(), self._trajectory_temperature)  # (B, S) or (1, T)
+            self._keep_entropies(rows, tuple(sequences.shape), entropy)
 
         handle = self.actor.model.register_forward_hook(hook)
         try:
@@ -149,10 +151,11 @@ class TrajectoryActorMixin:
         finally:
             handle.remove()
 
-    def _keep_entropies(self, rows: list, entropy: torch.Tensor) -> None:
-        """Entropies (b, s) of one model call, by row: padded (B, S) or packed (1, sum of lengths)."""
+    def _keep_entropies(self, rows: list, shape: tuple, entropy: torch.Tensor) -> None:
+        """Entropies of one model call, by row: padded (B, S) like the sequences, or packed
+        (1, T) with the rows' real tokens one after the other (``--packing_samples``)."""
         entropy = entropy.float().cpu()
-        if entropy.shape[0] == len(rows) and all(entropy.shape[1] >= int(pos.max()) + 1 for _, pos in rows if len(pos)):
+        if tuple(entropy.shape) == shape:
             for i, (key, pos) in enumerate(rows):  # position p is the distribution of token p + 1
                 self._trajectory_entropies[key] = entropy[i, pos[:-1]]
         elif entropy.shape[0] == 1 and entropy.shape[1] == sum(len(pos) for _, pos in rows):
@@ -183,8 +186,6 @@ class TrajectoryActorMixin:
     # -- saving -------------------------------------------------------------------------------
     def _saved_fields(self, exp):
         """What the saver reads of an upstream experience, on the CPU (what is gathered on rank 0)."""
-        import types
-
         fields = ("sequences", "attention_mask", "action_mask", "action_log_probs", "advantages", "returns",
                   "rewards", "total_length", "truncated")
         kept = {k: _cpu(getattr(exp, k, None)) for k in fields}

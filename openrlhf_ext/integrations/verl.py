@@ -92,7 +92,7 @@ def verl_experience(batch, entropys: torch.Tensor | None) -> SimpleNamespace:
         m = sampled.float()
         return (t[key].detach().float().cpu() * m).sum(-1) / m.sum(-1).clamp(min=1)
 
-    info = {k: list(v) for k, v in extra.items() if k != "uid" and _scalars(v)}
+    info = {k: v.tolist() for k, v in extra.items() if k != "uid" and _scalars(v)}  # python scalars
     if "token_level_scores" in t.keys():  # the reward, before any KL penalty
         info["reward"] = t["token_level_scores"].detach().float().cpu().sum(-1)
     labels = [rm.get("ground_truth") if isinstance(rm, dict) else None for rm in extra.get("reward_model", [None] * B)]
@@ -105,7 +105,7 @@ def verl_experience(batch, entropys: torch.Tensor | None) -> SimpleNamespace:
         advantages=per_sample_mean("advantages"),  # (B,)
         returns=per_sample_mean("returns"),  # (B,)
         info=info,
-        group_index=list(extra["uid"]) if "uid" in extra else None,  # responses to one prompt share a uid
+        group_index=extra["uid"].tolist() if "uid" in extra else None,  # responses to one prompt share a uid
         labels=[x if isinstance(x, (str, int, float)) or x is None else str(x) for x in labels],
         prompts=None,  # decoded from the prompt ids
     )
