@@ -8,6 +8,7 @@ import pytest
 MODULES = [
     # the core
     "entropy", "marks", "texts", "sampling", "manifest_entry", "files", "args", "saver", "records", "toy",
+    "layouts",
     # the format
     "format", "format.schema", "format.reading",
     # the tools
@@ -21,3 +22,10 @@ def test_docstring_examples(name):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0, f"{module.__name__} has no docstring example that runs"
     assert result.failed == 0
+
+
+@pytest.mark.parametrize("name", ["common", "openrlhf"])
+def test_integration_docstring_examples(name):
+    module = importlib.import_module(f"openrlhf_ext.integrations.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

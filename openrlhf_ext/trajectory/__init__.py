@@ -13,6 +13,7 @@ import importlib
 # Public name -> module. Loaded on first use, so that `openrlhf-traj validate` and `stats` start
 # without importing torch (seconds on a laptop).
 _EXPORTS = {
+    "ExperienceLayoutError": "layouts",
     "TrajectoryFormatError": "format.schema",
     "TrajectorySaver": "saver",
     "add_trajectory_args": "args",

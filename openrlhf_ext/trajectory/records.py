@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from .files import finite_or_none
+from .layouts import as_response_layout
 from .texts import token_texts
 from openrlhf_ext.utils.tensors import masked_mean
 
@@ -73,10 +74,14 @@ def _masked_mean(values: torch.Tensor | None, mask: torch.Tensor) -> np.ndarray:
     return masked_mean(values, mask, dim=-1).numpy().astype(np.float64)
 
 
-def collect_step(experiences) -> StepBatch:
-    """Flatten a step's experiences into one ``StepBatch`` (the layout the saver works on)."""
+def collect_step(experiences, layout: str = "auto") -> StepBatch:
+    """Flatten a step's experiences into one ``StepBatch`` (the layout the saver works on).
+
+    ``layout`` is "response", "shifted" (upstream OpenRLHF >= 0.8.3) or "auto" (see layouts.py);
+    an experience that fits none raises ``ExperienceLayoutError`` before anything is built."""
     parts = []
     for e_idx, exp in enumerate(experiences):
+        exp = as_response_layout(exp, layout, index=e_idx)
         seqs = exp.sequences.detach().cpu().numpy()  # (B, S) prompt (left-padded) then response
         action_mask = exp.action_mask.detach().cpu().bool()  # (B, A)
         b, a = action_mask.shape

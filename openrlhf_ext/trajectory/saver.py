@@ -16,6 +16,7 @@ import torch
 
 from .files import MANIFEST_FILE, STEPS_DIR, forget_steps_after, npz_file_name, step_file_name, upsert_manifest
 from .files import write_npz, write_records, write_summary
+from .layouts import ExperienceLayoutError, check_layout_name
 from .manifest_entry import manifest_entry
 from .marks import high_entropy_mask
 from .records import StepBatch, build_record, collect_step
@@ -62,6 +63,7 @@ class TrajectorySaver:
         seed: int = 42,
         group=None,
         run_info: dict | None = None,
+        layout: str = "auto",
     ):
         self.out_dir = Path(out_dir)
         self.tokenizer = tokenizer
@@ -76,13 +78,15 @@ class TrajectorySaver:
         self.seed = seed
         self.group = group
         self.run_info = run_info or {}
+        self.layout = check_layout_name(layout)  # how experiences are laid out (layouts.py)
         self.failures = 0
 
     @classmethod
-    def from_args(cls, args, tokenizer, group=None) -> "TrajectorySaver":
+    def from_args(cls, args, tokenizer, group=None, layout: str | None = None) -> "TrajectorySaver":
         """Build from parsed flags (``add_trajectory_args``); unknown trainers' args work too,
         missing flags take their defaults. ``--trajectory_dir`` overrides
-        ``<save_path>/trajectories``."""
+        ``<save_path>/trajectories``. ``layout`` (else ``args.trajectory_layout``, else "auto")
+        says how the experiences are laid out: "response", "shifted" (upstream OpenRLHF) or "auto"."""
         get = lambda name, default: getattr(args, name, default) if getattr(args, name, None) is not None else default  # noqa: E731
         out_dir = get("trajectory_dir", None) or str(Path(get("save_path", "./ckpt")) / "trajectories")
         from .. import __version__
@@ -108,6 +112,7 @@ class TrajectorySaver:
             seed=get("seed", 42),
             group=group,
             run_info=run_info,
+            layout=layout or get("trajectory_layout", "auto"),
         )
 
     def forget_steps_after(self, step: int) -> list[str]:
@@ -132,9 +137,11 @@ class TrajectorySaver:
             if self.strict:
                 raise
             self.failures += 1
-            # One clear warning, not one per step: a full disk would otherwise flood the log.
+            # One clear message, not one per step: a full disk would otherwise flood the log. A
+            # layout error is logged as an error: no step will be saved until the glue is fixed.
             if self.failures == 1:
-                logger.warning(
+                logger.log(
+                    logging.ERROR if isinstance(e, ExperienceLayoutError) else logging.WARNING,
                     "trajectory saver: step %d not saved to %s (%s: %s); training goes on and later "
                     "failures are counted quietly. Use --trajectory_strict to make this fatal.",
                     global_step, self.out_dir, type(e).__name__, e,
@@ -150,7 +157,7 @@ class TrajectorySaver:
 
     def _save_step(self, global_step: int, experiences, given_marks=None) -> dict:
         started = time.perf_counter()
-        batch = collect_step(experiences)
+        batch = collect_step(experiences, self.layout)
         marks, threshold = given_marks if given_marks is not None and self.mark_high_entropy else self._marks(batch)
         chosen = choose_responses(
             batch.group, batch.rewards, self.num_to_save, self.sampling, seed=self.seed + global_step,

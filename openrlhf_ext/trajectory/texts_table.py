@@ -99,8 +99,8 @@ class TokenTable:
 
     def __init__(self, tokenizer: Any, backend: Any):
         # weak references: the cache below must not keep a tokenizer alive
-        self._tokenizer_ref = weakref.ref(tokenizer)
-        self._backend_ref = weakref.ref(backend) if backend is not None else None
+        self._tokenizer_ref = _weak(tokenizer)
+        self._backend_ref = _weak(backend) if backend is not None else None
         self.first_cache: dict[int, Any] = {}
         self.generic_cache: dict[int, str] = {}
         self.fuse_strip: tuple[str, int, int] | None = None  # Strip after Fuse: acts on the whole text
@@ -272,8 +272,17 @@ def table_for(tokenizer: Any) -> TokenTable:
     with _TABLES_LOCK:
         for k in [k for k, v in _TABLES.items() if v[0]() is None]:
             del _TABLES[k]  # forget tokenizers that were garbage-collected
-        _TABLES[id(owner)] = (weakref.ref(owner), key, table)
+        _TABLES[id(owner)] = (_weak(owner), key, table)
     return table
+
+
+def _weak(obj: Any):
+    """A weak reference to ``obj``, or a strong one where its type allows none (the Rust
+    ``tokenizers.Tokenizer`` before tokenizers 0.23, which transformers < 5.11 pins)."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
 
 
 # ----------------------------------------------------------------------------- bytes -> per-token chars
