@@ -16,7 +16,7 @@ TRAINER_SIDE = ("algo", "models", "rollout", "ray", "trainer", "cli", "datasets"
 # The command's entry points (`python -m openrlhf_ext.trajectory`, and the console script of an
 # install made before the tools moved): they start the tools, they are not the core.
 ENTRY_POINTS = {"__main__.py", "cli.py"}
-PUBLIC = ["TrajectoryFormatError", "TrajectorySaver", "add_trajectory_args", "build_record", "high_entropy_mask",
+PUBLIC = ["ExperienceLayoutError", "TrajectoryFormatError", "TrajectorySaver", "add_trajectory_args", "build_record", "high_entropy_mask",
           "load_trajectories", "token_entropy", "token_texts"]
 
 

@@ -24,7 +24,7 @@ def saver_args(flags: Mapping, where: str = "trajectory saver", **context) -> ar
         >>> saver_args({"high_entropy_token_ratio": 2})
         Traceback (most recent call last):
         ...
-        ValueError: trajectory saver: argument --high_entropy_token_ratio: must be in (0, 1] (0.2 marks the top 20% of tokens), got 2
+        ValueError: trajectory saver: argument --high_entropy_token_ratio: ratio must be in (0, 1] (0.2 is the top 20% of tokens), got 2
     """
     parser = add_trajectory_args(argparse.ArgumentParser(allow_abbrev=False, exit_on_error=False))
     actions = {a.dest: a for a in parser._actions if a.option_strings}
