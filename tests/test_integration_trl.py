@@ -4,6 +4,7 @@
     save_trajectories(trainer, mark_high_entropy_tokens=True)
     trainer.train()
 """
+import json
 import math
 import os
 import subprocess
@@ -23,7 +24,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from openrlhf_ext.integrations.trl import TRLTrajectoryHook, save_trajectories  # noqa: E402
 from openrlhf_ext.models.embedded import embedded_model_path  # noqa: E402
 from openrlhf_ext.trajectory import load_trajectories  # noqa: E402
-from openrlhf_ext.trajectory.files import read_manifest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPERATURE = 0.7  # not 1, so an entropy taken at the wrong temperature shows
@@ -42,14 +42,18 @@ def prompts():
     return datasets.Dataset.from_list([{"prompt": f"{a}+{b}=", "label": str(a + b)} for a in range(1, 5) for b in range(4)])
 
 
-def make_trainer(out, steps_per_generation=1, max_steps=2):
+def read_manifest(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def make_trainer(out, steps_per_generation=1, max_steps=2, **config):
     path = embedded_model_path()
-    args = trl.GRPOConfig(
-        output_dir=str(out), use_cpu=True, report_to=[], save_strategy="no", logging_steps=1, max_steps=max_steps,
-        num_generations=4, per_device_train_batch_size=ROWS, steps_per_generation=steps_per_generation,
-        max_completion_length=8, temperature=TEMPERATURE, learning_rate=1e-3, seed=0, bf16=False,
-        reward_weights=[1.0, 0.5],
-    )
+    args = trl.GRPOConfig(**{
+        "output_dir": str(out), "use_cpu": True, "report_to": [], "save_strategy": "no", "logging_steps": 1,
+        "max_steps": max_steps, "num_generations": 4, "per_device_train_batch_size": ROWS,
+        "steps_per_generation": steps_per_generation, "max_completion_length": 8, "temperature": TEMPERATURE,
+        "learning_rate": 1e-3, "seed": 0, "bf16": False, "reward_weights": [1.0, 0.5], **config,
+    })
     return trl.GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), args=args,
         reward_funcs=[correct, brevity], train_dataset=prompts(), processing_class=AutoTokenizer.from_pretrained(path),
@@ -243,3 +247,16 @@ def test_two_processes_write_one_folder_with_the_whole_round(tmp_path):
                          for t in r["pure_generated_tokens"]), reverse=True)
         k = max(1, math.ceil(Decimal(repr(0.2)) * len(scores)))
         assert entry["high_entropy_threshold"] == pytest.approx(scores[k - 1])
+
+
+def test_a_resumed_run_drops_the_steps_after_its_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
+    saver = save_trajectories(trainer, num_trajectories_to_save=2)
+    trainer.train()  # "crashes" after step 3, its last checkpoint kept is step 1's
+    assert [e["global_step"] for e in read_manifest(saver.out_dir / "manifest.jsonl")] == [1, 2, 3]
+    resumed = make_trainer(tmp_path, max_steps=2)
+    saver = save_trajectories(resumed, num_trajectories_to_save=2)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    assert [e["global_step"] for e in read_manifest(saver.out_dir / "manifest.jsonl")] == [1, 2]
+    assert sorted(p.name for p in saver.out_dir.glob("trajectories_step_*.json")) == [
+        "trajectories_step_1.json", "trajectories_step_2.json"]

@@ -349,6 +349,12 @@ class TRLTrajectoryHook(TrainerCallback):
         return None
 
     # -- saving ----------------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        # Resumed from a checkpoint: drop the files of later steps a crash left behind, so each
+        # step is written once and by the weights that resumed.
+        if state.global_step > 0 and self.trainer.accelerator.is_main_process:
+            self.saver.forget_steps_after(state.global_step)
+
     def on_step_end(self, args, state, control, **kwargs):
         self._flush(lambda step: step <= state.global_step)
 
