@@ -27,7 +27,17 @@ from openrlhf_ext.trajectory import load_trajectories  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPERATURE = 0.7  # not 1, so an entropy taken at the wrong temperature shows
-ROWS = 8  # per round: 2 prompts x 4 generations
+ROWS = 8  # per generation round: 2 prompts x 4 generations, in 2 micro-batches
+
+# How a round's entropies are obtained, and the TRL layout that leads there:
+MODES = {
+    # a round is the 2 micro-batches of one optimizer step: kept from compute_loss
+    "loss": {"gradient_accumulation_steps": 2},
+    # a round feeds 2 optimizer steps: from TRL's old-log-prob forward at generation time
+    "generation": {"gradient_accumulation_steps": 1},
+    # the one forward the hook adds where TRL computes no entropies (0.19, Liger): forced on 1.x
+    "own_forward": {"gradient_accumulation_steps": 2},
+}
 
 
 def correct(prompts, completions, label, **_):
@@ -46,12 +56,14 @@ def read_manifest(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def make_trainer(out, steps_per_generation=1, max_steps=2, **config):
+def make_trainer(out, max_rounds=2, **config):
+    """GRPOTrainer on the embedded model; a generation round is 2 micro-batches of ROWS / 2."""
     path = embedded_model_path()
+    steps_per_round = 2 // config.get("gradient_accumulation_steps", 1)
     args = trl.GRPOConfig(**{
         "output_dir": str(out), "use_cpu": True, "report_to": [], "save_strategy": "no", "logging_steps": 1,
-        "max_steps": max_steps, "num_generations": 4, "per_device_train_batch_size": ROWS,
-        "steps_per_generation": steps_per_generation, "max_completion_length": 8, "temperature": TEMPERATURE,
+        "max_steps": max_rounds * steps_per_round, "num_generations": 4, "per_device_train_batch_size": ROWS // 2,
+        "steps_per_generation": 2, "max_completion_length": 8, "temperature": TEMPERATURE,
         "learning_rate": 1e-3, "seed": 0, "bf16": False, "reward_weights": [1.0, 0.5], **config,
     })
     return trl.GRPOTrainer(
@@ -60,18 +72,11 @@ def make_trainer(out, steps_per_generation=1, max_steps=2, **config):
     )
 
 
-# How each round's entropies are obtained: from compute_loss (a round inside one optimizer step),
-# from TRL's old-log-prob forward at generation time (a round over 2 steps), or from the one
-# forward the hook adds where TRL computes none (TRL 0.19, Liger): forced here on 1.x.
-MODES = {"loss": 1, "generation": 2, "own_forward": 1}
-
-
-def train(out, mode=None, max_rounds=2, steps_per_generation=None, **flags):
-    """Train for ``max_rounds`` generation rounds; with ``mode``, saving trajectories."""
-    spg = steps_per_generation or MODES[mode]
-    trainer = make_trainer(out, steps_per_generation=spg, max_steps=max_rounds * spg)
+def train(out, mode, save=True, **flags):
+    """Two generation rounds in the layout of ``mode``; with ``save``, saving trajectories."""
+    trainer = make_trainer(out, **MODES[mode])
     saver = None
-    if mode:
+    if save:
         saver = save_trajectories(trainer, mark_high_entropy_tokens=True, num_trajectories_to_save=ROWS, **flags)
         hook = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TRLTrajectoryHook))
         if mode == "own_forward":
@@ -139,7 +144,7 @@ def test_first_round_entropies_are_the_initial_weights_at_the_sampling_temperatu
 @pytest.mark.parametrize("mode", MODES)
 def test_saving_does_not_change_training(runs, tmp_path, mode):
     with_saver, _ = runs(mode)
-    without, _ = train(tmp_path, mode=None, steps_per_generation=MODES[mode])
+    without, _ = train(tmp_path, mode, save=False)
     losses = lambda t: [(h["loss"], h["grad_norm"]) for h in t.state.log_history if "loss" in h]  # noqa: E731
     assert losses(with_saver) == losses(without) and len(losses(without)) == with_saver.state.global_step
     for a, b in zip(with_saver.model.parameters(), without.model.parameters()):
@@ -191,11 +196,11 @@ def test_rewards_are_trls_weighted_sum_and_advantages_its_group_normalisation(ru
 
 
 def test_a_round_over_several_steps_is_numbered_by_the_first_step_it_feeds(runs, tmp_path):
-    _, saver = runs("generation")  # steps_per_generation 2: rounds generated at global steps 0 and 2
+    _, saver = runs("generation")  # a round feeds 2 steps: rounds generated at global steps 0 and 2
     assert [e["global_step"] for e in read_manifest(saver.out_dir / "manifest.jsonl")] == [1, 3]
-    # trajectory_save_steps=2 keeps rounds feeding an even step: here both (1 feeds 1-2, 3 feeds 3-4)
-    _, saver = train(tmp_path / "every2", "generation", trajectory_save_steps=2)
-    assert [e["global_step"] for e in read_manifest(saver.out_dir / "manifest.jsonl")] == [1, 3]
+    # trajectory_save_steps=4 keeps the rounds that feed a multiple of 4: round 3 (steps 3-4), not 1 (1-2)
+    _, saver = train(tmp_path / "every4", "generation", trajectory_save_steps=4)
+    assert [e["global_step"] for e in read_manifest(saver.out_dir / "manifest.jsonl")] == [3]
 
 
 def test_flags_are_checked_like_the_command_line(tmp_path):
@@ -218,7 +223,7 @@ TWO_PROCESSES = textwrap.dedent("""
     torch.set_num_threads(1)
     from tests import test_integration_trl as t
     t.ROWS = 4  # per process: the round is 8 rows over 2 processes
-    trainer = t.make_trainer(sys.argv[1])
+    trainer = t.make_trainer(sys.argv[1], **t.MODES["loss"])
     t.save_trajectories(trainer, mark_high_entropy_tokens=True, num_trajectories_to_save=8)
     trainer.train()
 """)
@@ -250,11 +255,11 @@ def test_two_processes_write_one_folder_with_the_whole_round(tmp_path):
 
 
 def test_a_resumed_run_drops_the_steps_after_its_checkpoint(tmp_path):
-    trainer = make_trainer(tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
+    trainer = make_trainer(tmp_path, max_steps=3, save_strategy="steps", save_steps=1, **MODES["loss"])
     saver = save_trajectories(trainer, num_trajectories_to_save=2)
     trainer.train()  # "crashes" after step 3, its last checkpoint kept is step 1's
     assert [e["global_step"] for e in read_manifest(saver.out_dir / "manifest.jsonl")] == [1, 2, 3]
-    resumed = make_trainer(tmp_path, max_steps=2)
+    resumed = make_trainer(tmp_path, max_steps=2, **MODES["loss"])
     saver = save_trajectories(resumed, num_trajectories_to_save=2)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
     assert [e["global_step"] for e in read_manifest(saver.out_dir / "manifest.jsonl")] == [1, 2]
