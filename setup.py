@@ -61,6 +61,9 @@ setup(
             "pytest>=8",
             "hypothesis>=6.100",
             "playwright>=1.45",
+            # The TRL drop-in's tests (openrlhf_ext.integrations.trl); 0.19 is the oldest it reads.
+            # No torch/transformers pin of its own beyond theirs, so pip keeps the installed torch.
+            "trl>=0.19,<2",
         ],
     },
     cmdclass={"build_py": build_py_with_viewer},

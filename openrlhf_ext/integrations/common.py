@@ -10,12 +10,17 @@ from collections.abc import Mapping
 from openrlhf_ext.trajectory import add_trajectory_args
 
 
-def saver_args(flags: Mapping, where: str = "trajectory saver", **context) -> argparse.Namespace:
+class UnknownFlagError(TypeError, ValueError):
+    """A flag name the saver does not have: a TypeError for keyword arguments (TRL's
+    ``save_trajectories(**flags)``), a ValueError for config keys (verl, OpenRLHF)."""
+
+
+def saver_args(flags: Mapping, where: str = "trajectory saver", exclude: tuple = (), **context) -> argparse.Namespace:
     """A namespace for ``TrajectorySaver.from_args`` from ``flags`` named as our command-line flags.
 
     ``context`` adds what the trainer knows that is no saver flag (``save_path``, ``seed``,
-    ``pretrain``); a flag given in ``flags`` wins. Unknown names and bad values raise ValueError
-    naming ``where``.
+    ``pretrain``); a flag given in ``flags`` wins. Unknown names (and those in ``exclude``) raise
+    ``UnknownFlagError``, bad values ValueError, each naming ``where``.
 
     Example:
         >>> a = saver_args({"save_trajectories": True, "high_entropy_token_ratio": 0.1}, save_path="ckpt")
@@ -31,9 +36,9 @@ def saver_args(flags: Mapping, where: str = "trajectory saver", **context) -> ar
     argv = []
     for name, value in flags.items():
         action = actions.get(name)
-        if action is None or name == "help":
-            known = ", ".join(sorted(k for k in actions if k != "help"))
-            raise ValueError(f"{where}: unknown key {name!r}; known: {known}")
+        if action is None or name == "help" or name in exclude:
+            known = ", ".join(sorted(k for k in actions if k != "help" and k not in exclude))
+            raise UnknownFlagError(f"{where}: unknown key {name!r}; valid: {known}")
         if action.nargs == 0:  # store_true
             if not isinstance(value, bool):
                 raise ValueError(f"{where}: {name} must be true or false, got {value!r}")
