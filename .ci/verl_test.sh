@@ -18,7 +18,7 @@ PY="$VENV/bin/python"
 "$PY" -m pip install -q --upgrade pip
 "$PY" -m pip install -q "torch==2.13.0"
 # verl 0.9.1 imports cachetools, fastapi and uvicorn in RayPPOTrainer's module without requiring them.
-"$PY" -m pip install -q "verl>=0.7" cachetools fastapi uvicorn
+"$PY" -m pip install -q "verl==0.9.1" cachetools fastapi uvicorn   # the version the tests ran on (0.7.0 passed by hand too)
 # The project itself; its requirements (transformers >= 4.46, ...) are already met by verl's.
 "$PY" -m pip install -q -e . "pytest>=8"
 installed=$(date +%s)
