@@ -248,14 +248,11 @@ def write_records(path, records) -> int:
 # ----------------------------------------------------------------------------- manifest / summary / npz
 
 
-def read_manifest(path) -> list[dict]:
-    """The manifest's entries (``[]`` when there is none); a torn or foreign line is skipped
-    rather than fatal. The writer rewrites the manifest from these; readers use them too."""
-    path = Path(path)
-    if not path.exists():
-        return []
+def parse_manifest(data: bytes) -> list[dict]:
+    """The entries of a manifest's bytes; a torn or foreign line is skipped rather than fatal.
+    The one rule of what a manifest line is: the writer and every reader use it."""
     entries = []
-    for line in path.read_bytes().splitlines():
+    for line in data.splitlines():
         try:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -263,6 +260,17 @@ def read_manifest(path) -> list[dict]:
         if isinstance(entry, dict):
             entries.append(entry)
     return entries
+
+
+def read_manifest(path) -> list[dict]:
+    """The entries of the manifest a writer rewrites (``[]`` when there is none). Readers of
+    files that may come from anywhere read it through ``format``'s bounded reader instead."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    if not path.is_file():  # a FIFO would block the writer, a device never end
+        raise OSError(f"{path}: not a regular file")
+    return parse_manifest(path.read_bytes())
 
 
 def upsert_manifest(path, entry: dict) -> None:

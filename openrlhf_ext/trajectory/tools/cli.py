@@ -39,18 +39,29 @@ def cmd_validate(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    notices: list = []
     try:
-        rows = step_rows(args.path, top_words=args.top)
+        rows = step_rows(args.path, top_words=args.top, notices=notices)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print_notices("stats", notices)
     if args.json:
         import orjson
 
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
-        return 0
-    print("\n".join(format_table(rows)))
-    return 0
+    else:
+        print("\n".join(format_table(rows)))
+    unreadable = sum("error" in row for row in rows)
+    if unreadable:
+        print(f"openrlhf-traj stats: {unreadable} of {len(rows)} file(s) could not be read", file=sys.stderr)
+    return 1 if unreadable else 0
+
+
+def print_notices(command: str, notices, level: str = "notice") -> None:
+    """What the viewer would say about the files read (``read_lenient``'s notices), on stderr."""
+    for notice in notices:
+        print(f"openrlhf-traj {command}: {level}: {notice}", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
