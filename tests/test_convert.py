@@ -336,7 +336,7 @@ def test_broken_jsonl_line_is_named(tmp_path, lines, pattern):
 
 def test_unknown_sources_and_options_say_what_is_expected(tmp_path, tokenizer):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConvertError, match="not a known trace: expected steps/step_NNNNNN.npz"):
+    with pytest.raises(ConvertError, match="not a known trace: expected trajectories_step_N.json files, steps/step_NNNNNN.npz"):
         convert(tmp_path / "empty", tmp_path / "out")
     with pytest.raises(ConvertError, match="no such file"):
         convert(tmp_path / "nothing", tmp_path / "out")

@@ -33,6 +33,7 @@ NPZ_FILE_RE = re.compile(r"^step_(\d+)\.npz$")
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
 STEPS_DIR = "steps"  # the npz traces' folder inside a run's trajectories folder
+MAX_STEP = 2**63 - 1  # the largest step a file can name: a JSON integer every reader's int64 holds
 
 
 def step_file_name(global_step: int) -> str:

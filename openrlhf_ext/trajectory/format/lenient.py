@@ -21,9 +21,9 @@ Example:
     >>> _ = path.write_text(json.dumps([{"pure_generated_tokens": tokens, "advantages": [0.5, 1.5]}, 7]))
     >>> read = read_lenient(path)
     >>> for notice in read.notices:
-    ...     print(notice.record, notice.message)
-    0 advantages: a list where a number was expected (its mean is used)
-    1 not an object, skipped
+    ...     print(notice)
+    /.../trajectories_step_3.json: record 0: advantages: a list where a number was expected (its mean is used)
+    /.../trajectories_step_3.json: record 1: not an object, skipped
     >>> record = read.records[0]
     >>> record["global_step"], record["advantages"], record["pure_generated_text"], read.kept
     (3, 1.0, ' 4', [0])
@@ -104,7 +104,9 @@ def read_lenient(path, records: bool = True) -> LenientFile:
         raise UnreadableFile(path, NO_RECORDS)
     for message, (ri, where, count) in issues.items():
         more = f" (and {count - 1} more record(s))" if count > 1 else ""
-        out.notices.append(Problem(str(path), ri, where, message + more))
+        label = (where or "").rsplit(".", 1)[-1] + ": "
+        shown = message[len(label):] if message.startswith(label) else message  # the field says it
+        out.notices.append(Problem(str(path), ri, where, shown + more))
     return out
 
 

@@ -46,7 +46,6 @@ import numpy as np
 
 from ..files import STEPS_DIR, finite_or_none, list_npz_files, npz_step_of_file_name
 from ..marks import high_entropy_mask
-from ..records import build_record
 from ..sampling import choose_responses
 from .errors import ConvertError
 
@@ -258,6 +257,8 @@ def npz_step_records(step: NpzStep, tokenizer, ratio: float, scope: str = "step"
     (`return` is null) and no log-probs. `response_index`, `prompt_length`, `sample_index` and
     `uid` go into `info`. Entropies are the trace's float16 values.
     """
+    from ..records import build_record  # torch: imported when an npz step is converted, not before
+
     marks, threshold, row_thresholds = _step_marks(step, ratio, scope)
     vocab = _vocab_size(tokenizer)
     rewards = per_response(step, "rewards", reduce="sum")
