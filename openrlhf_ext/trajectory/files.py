@@ -274,15 +274,26 @@ def read_manifest(path) -> list[dict]:
     return parse_manifest(path.read_bytes())
 
 
-def upsert_manifest(path, entry: dict) -> None:
+def upsert_manifest(path, entry: dict, repair: bool = False) -> None:
     """Put ``entry`` in manifest.jsonl, replacing an older entry for the same ``global_step``.
 
     The whole file is rewritten atomically, sorted by step (it holds one short line per saved
     step), so a resumed run that saves a step again leaves one line per step, in step order.
+    ``repair``: also add a line for each step file of the folder that has none (a manifest write
+    that failed after its step file, on a full disk), marked ``"repaired": true``: the step's
+    numbers over all its responses died with the failed write, so the line holds what the file
+    tells (its name and size).
     """
+    path = Path(path)
     step = entry.get("global_step")
     entries = [e for e in read_manifest(path) if e.get("global_step") != step]
     entries.append(entry)
+    if repair:
+        listed = {e.get("global_step") for e in entries if isinstance(e.get("global_step"), int)}
+        for s, p in list_step_files(path.parent):
+            if s not in listed and p.name == step_file_name(s):
+                entries.append({"global_step": s, "file": p.name, "file_bytes": p.stat().st_size, "repaired": True,
+                                "created_at": utc_now()})
     entries.sort(key=lambda e: e.get("global_step") if isinstance(e.get("global_step"), int) else -1)
     atomic_write_bytes(path, b"".join(dumps_strict_json(e) + b"\n" for e in entries))
 
