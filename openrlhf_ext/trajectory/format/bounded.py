@@ -85,7 +85,8 @@ def open_regular(path, limit: int | None = None):
 
 def read_bytes(path, limit: int, gunzip: bool = True) -> bytes | bytearray:
     """The bytes of the regular file ``path`` (inflated when it is gzip data and ``gunzip``), at
-    most ``limit`` of them; ``UnreadableFile`` naming the file and the reason otherwise."""
+    most ``limit`` of them; ``UnreadableFile`` naming the file and the reason otherwise. Inflated
+    data comes as a ``bytearray`` (no copy), the file's own bytes as ``bytes``."""
     with open_regular(path, limit) as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:

@@ -66,7 +66,7 @@ def read_lenient(path, records: bool = True) -> LenientFile:
     viewer would refuse it. ``records=False`` skips building the FORMAT.md records (a report
     embeds the file's own data)."""
     path = Path(path)
-    parsed = read_json(path)
+    parsed = read_json(path, lossy_utf8=True)  # a browser reads a picked file's bytes that way
     value = parsed.data
     if not isinstance(value, list):
         raise UnreadableFile(path, f"expected a JSON array of trajectory records, found {_what(value)}")

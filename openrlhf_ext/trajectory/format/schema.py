@@ -62,12 +62,13 @@ class ParsedJSON:
     first_literal: str = ""
 
 
-def read_json(path, limit: int = MAX_STEP_FILE_BYTES) -> ParsedJSON:
+def read_json(path, limit: int = MAX_STEP_FILE_BYTES, lossy_utf8: bool = False) -> ParsedJSON:
     """Parse a ``.json`` or ``.json.gz`` file through the bounded reader; ``UnreadableFile``
     (naming the file and the reason) when it cannot be. NaN/Infinity literals, which Python's
     ``json`` writes, are read as null and counted, as the viewer does. What strict JSON cannot
     write back is made writable: a lone surrogate escape becomes U+FFFD and an integer beyond
-    64 bits a float (what JavaScript reads), and ``repairs`` says so.
+    64 bits a float (what JavaScript reads), and ``repairs`` says so. ``lossy_utf8``: bytes of a
+    plain (not gzip) file that are not UTF-8 are read as U+FFFD, as a browser reads a picked file.
     """
     raw = read_bytes(path, limit)
     if not raw.strip():
@@ -78,10 +79,14 @@ def read_json(path, limit: int = MAX_STEP_FILE_BYTES) -> ParsedJSON:
         strict_error = str(error)
     # orjson refuses NaN/Infinity, lone surrogates and numbers beyond a double; Python's json
     # reads them. Anything else it refuses too.
+    repairs: tuple = ()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise UnreadableFile(path, f"not UTF-8 text (byte {error.start}: {error.reason})") from None
+        if not lossy_utf8 or isinstance(raw, bytearray):  # bytearray: inflated gzip, which the viewer reads strictly
+            raise UnreadableFile(path, f"not UTF-8 text (byte {error.start}: {error.reason})") from None
+        text = raw.decode("utf-8", "replace")
+        repairs = ("bytes that are not UTF-8, read as U+FFFD",)
     del raw
     literals: list[str] = []
 
@@ -95,8 +100,8 @@ def read_json(path, limit: int = MAX_STEP_FILE_BYTES) -> ParsedJSON:
         raise UnreadableFile(path, "not valid JSON here: nested more than about 1,000 levels deep") from None
     except ValueError:
         raise UnreadableFile(path, f"not valid JSON: {strict_error}") from None
-    data, repairs = make_writable(data)
-    return ParsedJSON(data, len(literals), repairs, literals[0] if literals else "")
+    data, more = make_writable(data)
+    return ParsedJSON(data, len(literals), repairs + more, literals[0] if literals else "")
 
 
 def parse_json_file(path: Path) -> tuple[object, list[Problem]]:
