@@ -59,7 +59,15 @@ def _deep(depth: int, opener: str) -> bytes:
     return (opener * depth + "1" + closer * depth).encode()
 
 
+def _deep_field(field: str, depth: int) -> bytes:
+    """A good record whose `field` holds a value `depth` levels deep (parses; too deep to repr or write back)."""
+    good = _dumps([record()])
+    return good[:-2] + f', "{field}": '.encode() + b"[" * depth + b"1" + b"]" * depth + b"}]"
+
+
 STEP_BYTES = st.one_of(
+    st.builds(_deep_field, st.sampled_from(FIELDS + ("generated_tokens", "pure_generated_tokens")),
+              st.integers(250, 1100)),
     st.lists(RECORD, max_size=4).map(_dumps),
     JSON.map(_dumps),
     st.binary(max_size=200),

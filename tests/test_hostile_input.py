@@ -234,3 +234,16 @@ def test_convert_never_writes_into_the_folder_it_reads(tmp_path, capsys):
     code, out = _cli(["convert", folder, "-o", folder, "--overwrite"], capsys)
     assert code == 2 and "is a folder convert reads from" in out
     assert (folder / "trajectories_step_1.json").read_bytes() == before
+
+
+def test_a_file_name_that_is_not_utf8_is_printed_escaped(tmp_path, capsys):
+    """A name such as b"\\xff_trajectories_step_1.json" (os.listdir gives it as a lone surrogate)."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    name = os.fsencode(folder) + b"/\xff_trajectories_step_1.json"
+    with open(name, "wb") as f:
+        f.write(json.dumps([record(step=1, advantages=[1, 2])]).encode())
+    for argv in (["validate", folder], ["stats", folder], ["stats", folder, "--json"],
+                 ["report", folder, "-o", tmp_path / "r.html"], ["convert", folder, "-o", tmp_path / "out"]):
+        code, out = _cli(argv, capsys)
+        assert code in (0, 1) and "Traceback" not in out, (argv, out)

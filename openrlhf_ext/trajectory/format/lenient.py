@@ -275,7 +275,7 @@ def _record(rec, ri: int, file_step, issue, build: bool):
             issue("global_step", "global_step is not an integer")
         n = _num(step, lambda m: issue("global_step", m))
         step = n if _is_integer(n) else file_step if file_step is not None else 0
-    step = int(step)
+    step = int(step) if -(2**63) <= step < 2**63 else float(step)  # past 64 bits, as JavaScript reads it
 
     def number(key, value, label=None):
         return _num(value, lambda m: issue(key, f"{label or key}: {m}"))

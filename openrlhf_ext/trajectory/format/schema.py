@@ -43,6 +43,13 @@ class TrajectoryFormatError(ValueError):
         super().__init__(f"{len(problems)} problem(s):\n  {shown}{more}")
 
 
+def _short(v) -> str:
+    """A value as a message shows it: short, and without walking a value of any depth or size."""
+    if isinstance(v, (list, dict)):
+        return f"{'a list' if isinstance(v, list) else 'an object'} of {len(v)}"
+    return repr(v[:40] if isinstance(v, str) else v)[:40]
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -220,7 +227,7 @@ def record_problems(rec, i: int, file: str) -> list[Problem]:
         if f not in rec:
             bad(f, "missing")
         elif not _is_int(rec[f]):
-            bad(f, f"must be an integer, got {rec[f]!r:.40}")
+            bad(f, f"must be an integer, got {_short(rec[f])}")
     for f in _TEXT_FIELDS:
         if f not in rec:
             bad(f, "missing")
@@ -230,7 +237,7 @@ def record_problems(rec, i: int, file: str) -> list[Problem]:
         if f not in rec:
             bad(f, "missing")
         elif not _is_number(rec[f]):
-            bad(f, f"must be a number or null, got {rec[f]!r:.40}")
+            bad(f, f"must be a number or null, got {_short(rec[f])}")
     info = rec.get("info")
     if not isinstance(info, dict):
         bad("info", "missing" if info is None else f"must be an object, got {type(info).__name__}")
@@ -238,11 +245,11 @@ def record_problems(rec, i: int, file: str) -> list[Problem]:
         if "reward" not in info:
             bad("info.reward", "missing")
         elif not _is_number(info["reward"]):
-            bad("info.reward", f"must be a number or null, got {info['reward']!r:.40}")
+            bad("info.reward", f"must be a number or null, got {_short(info['reward'])}")
         if "response_length" not in info:
             bad("info.response_length", "missing")
         elif not (_is_int(info["response_length"]) or (isinstance(info["response_length"], float) and info["response_length"].is_integer())):
-            bad("info.response_length", f"must be an integer, got {info['response_length']!r:.40}")
+            bad("info.response_length", f"must be an integer, got {_short(info['response_length'])}")
     for f, text_field in zip(_TOKEN_FIELDS, _TEXT_FIELDS):
         tokens = rec.get(f)
         if tokens is None:
@@ -272,7 +279,7 @@ def _token_problem(tok):
         return ".high_entropy", "missing" if "high_entropy" not in tok else "must be true or false"
     score = tok.get("entropy_score")
     if score is not None and not (_is_number(score) and math.isfinite(score)):
-        return ".entropy_score", f"must be a number or null, got {score!r:.40}"
+        return ".entropy_score", f"must be a number or null, got {_short(score)}"
     if "prompt" in tok and not isinstance(tok["prompt"], bool):
         return ".prompt", "must be true or false"
     if "id" in tok and not _is_int(tok["id"]):

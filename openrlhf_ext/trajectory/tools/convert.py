@@ -50,6 +50,7 @@ from ..files import write_summary
 from ..folder_lock import FolderLock
 from ..format import UnreadableFile, read_bytes
 from ..format.bounded import MAX_SUMMARY_BYTES
+from ..format.schema import writable_text
 from ..manifest_entry import manifest_entry
 from ..marks import SCOPES, check_ratio
 from .convert_jsonl import find_jsonl_files, jsonl_step_records, looks_like_rollout_jsonl, read_jsonl_steps
@@ -251,6 +252,7 @@ def _write_steps(kind, src, out_dir, wanted, found, tokenizer, summary, progress
     plan = list(plan) if kind == "npz" else plan
     bar = tqdm(plan, desc=f"convert {kind}", unit="step", disable=(None if progress is None else not progress))
     for global_step, label, load in bar:
+        label = writable_text(label)  # a file name that is not UTF-8 goes into the manifest too
         bar.set_postfix_str(label)
         if not 0 <= global_step <= MAX_STEP:
             raise ConvertError(f"{label}: step {global_step} is beyond the largest step a file can name ({MAX_STEP})")

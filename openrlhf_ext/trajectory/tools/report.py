@@ -29,6 +29,7 @@ import gzip
 import os
 import re
 import warnings
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 
@@ -37,6 +38,7 @@ import jinja2
 from ..files import MANIFEST_FILE, SUMMARY_FILE, atomic_write_bytes, dumps_strict_json, step_of_file_name
 from ..format import Problem, UnreadableFile, load_trajectories, read_bytes, read_lenient, resolve_step_files
 from ..format.bounded import MAX_MANIFEST_BYTES, MAX_SUMMARY_BYTES
+from ..format.schema import writable_text
 from .errors import ReportError
 from .outputs import check_report_output
 from .steps import parse_steps
@@ -184,9 +186,9 @@ def _run_metadata(paths) -> list[tuple[str, str]]:
 def _unique_names(files: list[Path]) -> list[str]:
     # The viewer lists files by name; two runs' trajectories_step_3.json get their folder prefixed.
     # A .json.gz file is embedded as its JSON (re-serialised), so it loses the .gz.
-    names = [p.name[: -len(".gz")] if p.name.endswith(".gz") else p.name for p in files]
-    duplicated = {n for n in names if names.count(n) > 1}
-    return [f"{p.parent.name}/{n}" if n in duplicated else n for p, n in zip(files, names)]
+    names = [writable_text(p.name[: -len(".gz")] if p.name.endswith(".gz") else p.name) for p in files]
+    duplicated = {n for n, count in Counter(names).items() if count > 1}
+    return [f"{writable_text(p.parent.name)}/{n}" if n in duplicated else n for p, n in zip(files, names)]
 
 
 def build_report(
@@ -219,14 +221,15 @@ def build_report(
         raise ReportError(
             ("no trajectory file could be shown: " + "; ".join(str(e) for e in errors[:5]) if errors else
              "no trajectory files matched" + (f" --steps {steps}" if steps else "") + " in " + ", ".join(map(str, paths))))
-    names = _unique_names([path for path, _ in chosen])
-    entries = [_embedded_file(n, r, gzip_data) for n, (_, r) in zip(names, chosen)]
-    if include_run_files:
-        entries += [_embedded_file(n, text, gzip_data) for n, text in _run_metadata(paths)]
-    payload: dict = {"generator": "openrlhf-traj report", "files": entries}  # the mark: outputs.REPORT_MARK
-    if title:
-        payload["title"] = title
-    embedded_json = _script_json(payload, chosen, errors)
+    try:
+        payload = _payload(paths, chosen, gzip_data, title, include_run_files)
+        embedded_json = script_safe_json(payload)
+    except TypeError:  # a file nested deeper than orjson writes (254 levels): left out, named
+        chosen = _embeddable(chosen, errors)
+        if not chosen:
+            raise ReportError("no trajectory file could be shown: " + "; ".join(str(e) for e in errors[:5])) from None
+        payload = _payload(paths, chosen, gzip_data, title, include_run_files)
+        embedded_json = script_safe_json(payload)
 
     head, tail = _split_for_hook(viewer_html)
     env = jinja2.Environment(
@@ -275,22 +278,27 @@ def _choose(found, wanted, max_per_step, strict: bool):
     return chosen, notices, errors
 
 
-def _script_json(payload: dict, chosen: list, errors: list) -> str:
-    """The payload as script-safe JSON. A file nested deeper than orjson writes (254 levels) is
-    left out with an error instead of failing the whole report."""
-    try:
-        return script_safe_json(payload)
-    except TypeError:
-        pass
-    kept_files = []
-    for entry, (path, data) in zip(payload["files"], chosen):
+def _payload(paths, chosen, gzip_data: bool, title, include_run_files: bool) -> dict:
+    names = _unique_names([path for path, _ in chosen])
+    entries = [_embedded_file(n, r, gzip_data) for n, (_, r) in zip(names, chosen)]
+    if include_run_files:
+        entries += [_embedded_file(n, text, gzip_data) for n, text in _run_metadata(paths)]
+    payload: dict = {"generator": "openrlhf-traj report", "files": entries}  # the mark: outputs.REPORT_MARK
+    if title:
+        payload["title"] = title
+    return payload
+
+
+def _embeddable(chosen: list, errors: list) -> list:
+    """The files of `chosen` that strict JSON can write; the others go to `errors`, named."""
+    kept = []
+    for path, data in chosen:
         try:
-            dumps_strict_json(data)
-            kept_files.append(entry)
+            dumps_strict_json({"files": [{"data": data}]})  # as deep as it sits in the payload
+            kept.append((path, data))
         except TypeError as error:
             errors.append(Problem(str(path), None, None, f"cannot be embedded: {error} (nested more than 254 levels?)"))
-    payload["files"] = kept_files + payload["files"][len(chosen):]
-    return script_safe_json(payload)
+    return kept
 
 
 def write_report(paths, output, warn_bytes: int | None = None, force: bool = False, **kwargs) -> dict:

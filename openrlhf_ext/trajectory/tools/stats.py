@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 
 from ..format import Problem, read_lenient_files, read_manifest_entries, resolve_step_files
+from ..format.schema import writable_text
 from ..manifest_entry import entropy_summary
 
 COLUMNS = ("step", "responses", "saved", "tokens", "mean_entropy", "threshold", "p50", "p80", "p95", "reward_mean")
@@ -44,13 +45,14 @@ def step_rows(path, top_words: int = 5, notices: list[Problem] | None = None) ->
         notices.extend(manifest_problems)
     rows = []
     for file, read, problem in read_lenient_files(files):
+        name = writable_text(file.name)  # a name that is not UTF-8 is printed and written as JSON too
         if read is None:
-            rows.append({"file": file.name, "error": problem.message})
+            rows.append({"file": name, "error": problem.message})
             continue
         if notices is not None:
             notices.extend(read.notices)
         step = read.steps[0] if read.steps else read.step
-        rows.append(_row(file.name, step, read.records, manifest.get(step, {}), top_words))
+        rows.append(_row(name, step, read.records, manifest.get(step, {}), top_words))
     return rows
 
 
