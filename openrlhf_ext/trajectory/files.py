@@ -315,6 +315,8 @@ def forget_steps_after(folder, step: int) -> list[str]:
         p.unlink()
     manifest = folder / MANIFEST_FILE
     if manifest.exists():
+        if not manifest.is_file():  # a FIFO would block the resume, a device never end
+            raise OSError(f"{manifest}: not a regular file")
         kept = []
         for line in manifest.read_bytes().splitlines():
             try:
@@ -340,7 +342,7 @@ def write_summary(folder, fields: dict, created_at: str | None = None) -> None:
     path = folder / SUMMARY_FILE
     if created_at is None:
         try:
-            previous = orjson.loads(path.read_bytes()) if path.exists() else {}
+            previous = orjson.loads(path.read_bytes()) if path.is_file() else {}
         except (OSError, orjson.JSONDecodeError):  # a broken summary is rewritten, not fatal
             previous = {}
         created_at = previous.get("created_at") if isinstance(previous, dict) else None
