@@ -241,7 +241,7 @@ def build_report(
     html = env.get_template("report.html.j2").render(viewer_head=head, viewer_tail=tail, embedded_json=embedded_json)
     info = {
         "files": [entry["name"] for entry in payload["files"]],
-        "num_records": sum(len(r) for _, r in chosen),
+        "num_records": sum(shown for _, _, shown in chosen),
         "viewer": viewer_where,
         "notices": notices,
         "errors": errors,
@@ -250,7 +250,8 @@ def build_report(
 
 
 def _choose(found, wanted, max_per_step, strict: bool):
-    """(path, data to embed) of each file to show, the viewer's notices, and the files refused."""
+    """(path, data to embed, how many records the viewer shows of it) of each file to show, the
+    viewer's notices, and the files refused."""
     chosen, notices, errors = [], [], []
     for step, path in found:
         if wanted is not None and step is not None and step not in wanted:
@@ -273,14 +274,14 @@ def _choose(found, wanted, max_per_step, strict: bool):
         if not strict:
             notices.extend(read.notices)
         if max_per_step is not None and len(kept) > max_per_step:
-            data = [data[i] for i in kept[:max_per_step]]
-        chosen.append((path, data))
+            data, kept = [data[i] for i in kept[:max_per_step]], kept[:max_per_step]
+        chosen.append((path, data, len(kept)))  # the records the viewer shows, of the data embedded
     return chosen, notices, errors
 
 
 def _payload(paths, chosen, gzip_data: bool, title, include_run_files: bool) -> dict:
-    names = _unique_names([path for path, _ in chosen])
-    entries = [_embedded_file(n, r, gzip_data) for n, (_, r) in zip(names, chosen)]
+    names = _unique_names([path for path, _, _ in chosen])
+    entries = [_embedded_file(n, data, gzip_data) for n, (_, data, _) in zip(names, chosen)]
     if include_run_files:
         entries += [_embedded_file(n, text, gzip_data) for n, text in _run_metadata(paths)]
     payload: dict = {"generator": "openrlhf-traj report", "files": entries}  # the mark: outputs.REPORT_MARK
@@ -292,10 +293,10 @@ def _payload(paths, chosen, gzip_data: bool, title, include_run_files: bool) -> 
 def _embeddable(chosen: list, errors: list) -> list:
     """The files of `chosen` that strict JSON can write; the others go to `errors`, named."""
     kept = []
-    for path, data in chosen:
+    for path, data, shown in chosen:
         try:
             dumps_strict_json({"files": [{"data": data}]})  # as deep as it sits in the payload
-            kept.append((path, data))
+            kept.append((path, data, shown))
         except TypeError as error:
             errors.append(Problem(str(path), None, None, f"cannot be embedded: {error} (nested more than 254 levels?)"))
     return kept
