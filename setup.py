@@ -43,7 +43,7 @@ setup(
         "transformers>=4.46",
         "tokenizers>=0.20",
         "jinja2>=3.1",
-        "orjson>=3.8",
+        "orjson>=3.9.15",  # older versions crash (segfault) on deeply nested input: CVE-2024-27454
         "tqdm>=4.66",
     ],
     extras_require={

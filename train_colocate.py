@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None):
     if getattr(args, "save_trajectories", False):
         saver = TrajectorySaver.from_args(args, tokenizer)
         resume_step = latest_checkpoint_step(args.ckpt_path) if args.load_checkpoint else None
-        if resume_step is not None:
-            saver.forget_steps_after(resume_step)
+        open_trajectory_folder(saver, resume_step)
 
     # 3. the Ray groups: actor (DeepSpeed), reference, critic, reward model, vLLM engines
     start_ray(num_cpus=cpus_needed(args))
@@ -69,6 +68,24 @@ def main(argv: list[str] | None = None):
         return trainer
     finally:
         ray.shutdown()
+
+
+def open_trajectory_folder(saver, resume_step: int | None) -> None:
+    """Take the trajectory folder for this run (its writer lock) and, on resume, forget the steps
+    after the checkpoint; when that cannot be done, say what is wrong and stop before Ray starts."""
+    from openrlhf_ext.trajectory.folder_lock import FolderInUse
+
+    try:
+        saver.open()
+        if resume_step is not None:
+            saver.forget_steps_after(resume_step)
+    except FolderInUse as error:
+        raise SystemExit(f"[openrlhf_ext] --save_trajectories: {error}") from None
+    except OSError as error:
+        todo = (f"resuming from step {resume_step} must remove the trajectory files of later steps"
+                if resume_step is not None else "the run writes its trajectories there")
+        raise SystemExit(f"[openrlhf_ext] --save_trajectories: cannot write to {saver.out_dir} ({error}); {todo}. "
+                         "Make the folder writable, or pass another --trajectory_dir.") from None
 
 
 def print_summary(args, history: list[dict], saver, seconds: float) -> None:

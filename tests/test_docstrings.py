@@ -7,12 +7,13 @@ import pytest
 
 MODULES = [
     # the core
-    "entropy", "marks", "texts", "sampling", "manifest_entry", "files", "args", "saver", "records", "toy",
-    "layouts",
+    "entropy", "marks", "texts", "texts_table", "sampling", "manifest_entry", "files", "folder_lock", "args", "saver",
+    "records", "toy", "layouts",
     # the format
-    "format", "format.schema", "format.reading",
+    "format", "format.bounded", "format.schema", "format.reading", "format.lenient",
     # the tools
     "tools.stats", "tools.steps", "tools.report", "tools.convert", "tools.convert_npz", "tools.convert_jsonl",
+    "tools.convert_trajectories",
 ]
 
 

@@ -114,7 +114,7 @@ def good_record(**over):
          "record 1: pure_generated_tokens[0].text: must be a string"),
         (orjson.dumps([good_record(pure_generated_text="B")]), "token texts joined differ from pure_generated_text"),
         (json.dumps([good_record(advantages=float("nan"))]).encode(), "non-standard JSON literal NaN"),
-        (b"\x1f\x8b\x08garbage", "not valid JSON"),
+        (b"\x1f\x8b\x08garbage", "gzip data is broken"),  # gzip by its magic bytes, as the viewer tells it
     ],
 )
 def test_load_trajectories_names_file_record_and_field(tmp_path, content, expected):

@@ -188,11 +188,16 @@ def test_same_file_names_from_two_runs_stay_apart(tmp_path, stand_in):
     assert sorted(f["name"] for f in payload["files"]) == ["a/trajectories_step_1.json", "b/trajectories_step_1.json"]
 
 
-def test_broken_trajectory_file_is_named(tmp_path, stand_in):
+def test_broken_trajectory_file_is_named_and_left_out(tmp_path, stand_in):
+    """As in the viewer: a file it cannot open is named and left out, the others go in."""
     run = write_run(tmp_path / "run", [1])
     (run / "trajectories_step_2.json").write_text('[{"global_step": 2, "generated_tokens": [')
+    html, info = build_report([run], viewer=stand_in)
+    [error] = info["errors"]
+    assert error.file.endswith("trajectories_step_2.json") and "not valid JSON" in error.message
+    assert [f["name"] for f in embedded_payload(html)[0]["files"]] == ["trajectories_step_1.json"]
     with pytest.raises(Exception, match="trajectories_step_2.json"):
-        build_report([run], viewer=stand_in)
+        build_report([run], viewer=stand_in, strict=True)
 
 
 def test_missing_viewer_says_where_it_looked(tmp_path, monkeypatch):

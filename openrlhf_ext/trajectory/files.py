@@ -33,6 +33,7 @@ NPZ_FILE_RE = re.compile(r"^step_(\d+)\.npz$")
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
 STEPS_DIR = "steps"  # the npz traces' folder inside a run's trajectories folder
+MAX_STEP = 2**63 - 1  # the largest step a file can name: a JSON integer every reader's int64 holds
 
 
 def step_file_name(global_step: int) -> str:
@@ -248,14 +249,11 @@ def write_records(path, records) -> int:
 # ----------------------------------------------------------------------------- manifest / summary / npz
 
 
-def read_manifest(path) -> list[dict]:
-    """The manifest's entries (``[]`` when there is none); a torn or foreign line is skipped
-    rather than fatal. The writer rewrites the manifest from these; readers use them too."""
-    path = Path(path)
-    if not path.exists():
-        return []
+def parse_manifest(data: bytes) -> list[dict]:
+    """The entries of a manifest's bytes; a torn or foreign line is skipped rather than fatal.
+    The one rule of what a manifest line is: the writer and every reader use it."""
     entries = []
-    for line in path.read_bytes().splitlines():
+    for line in data.splitlines():
         try:
             entry = orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -265,15 +263,37 @@ def read_manifest(path) -> list[dict]:
     return entries
 
 
-def upsert_manifest(path, entry: dict) -> None:
+def read_manifest(path) -> list[dict]:
+    """The entries of the manifest a writer rewrites (``[]`` when there is none). Readers of
+    files that may come from anywhere read it through ``format``'s bounded reader instead."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    if not path.is_file():  # a FIFO would block the writer, a device never end
+        raise OSError(f"{path}: not a regular file")
+    return parse_manifest(path.read_bytes())
+
+
+def upsert_manifest(path, entry: dict, repair: bool = False) -> None:
     """Put ``entry`` in manifest.jsonl, replacing an older entry for the same ``global_step``.
 
     The whole file is rewritten atomically, sorted by step (it holds one short line per saved
     step), so a resumed run that saves a step again leaves one line per step, in step order.
+    ``repair``: also add a line for each step file of the folder that has none (a manifest write
+    that failed after its step file, on a full disk), marked ``"repaired": true``: the step's
+    numbers over all its responses died with the failed write, so the line holds what the file
+    tells (its name and size).
     """
+    path = Path(path)
     step = entry.get("global_step")
     entries = [e for e in read_manifest(path) if e.get("global_step") != step]
     entries.append(entry)
+    if repair:
+        listed = {e.get("global_step") for e in entries if isinstance(e.get("global_step"), int)}
+        for s, p in list_step_files(path.parent):
+            if s not in listed and p.name == step_file_name(s):
+                entries.append({"global_step": s, "file": p.name, "file_bytes": p.stat().st_size, "repaired": True,
+                                "created_at": utc_now()})
     entries.sort(key=lambda e: e.get("global_step") if isinstance(e.get("global_step"), int) else -1)
     atomic_write_bytes(path, b"".join(dumps_strict_json(e) + b"\n" for e in entries))
 
@@ -295,6 +315,8 @@ def forget_steps_after(folder, step: int) -> list[str]:
         p.unlink()
     manifest = folder / MANIFEST_FILE
     if manifest.exists():
+        if not manifest.is_file():  # a FIFO would block the resume, a device never end
+            raise OSError(f"{manifest}: not a regular file")
         kept = []
         for line in manifest.read_bytes().splitlines():
             try:
@@ -320,7 +342,7 @@ def write_summary(folder, fields: dict, created_at: str | None = None) -> None:
     path = folder / SUMMARY_FILE
     if created_at is None:
         try:
-            previous = orjson.loads(path.read_bytes()) if path.exists() else {}
+            previous = orjson.loads(path.read_bytes()) if path.is_file() else {}
         except (OSError, orjson.JSONDecodeError):  # a broken summary is rewritten, not fatal
             previous = {}
         created_at = previous.get("created_at") if isinstance(previous, dict) else None

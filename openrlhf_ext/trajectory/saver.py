@@ -16,6 +16,7 @@ import torch
 
 from .files import MANIFEST_FILE, STEPS_DIR, forget_steps_after, npz_file_name, step_file_name, upsert_manifest
 from .files import write_npz, write_records, write_summary
+from .folder_lock import FolderInUse, FolderLock
 from .layouts import ExperienceLayoutError, check_layout_name
 from .manifest_entry import manifest_entry
 from .marks import high_entropy_mask
@@ -80,6 +81,7 @@ class TrajectorySaver:
         self.run_info = run_info or {}
         self.layout = check_layout_name(layout)  # how experiences are laid out (layouts.py)
         self.failures = 0
+        self._lock = FolderLock(self.out_dir, "TrajectorySaver")  # taken by open() or the first write
 
     @classmethod
     def from_args(cls, args, tokenizer, group=None, layout: str | None = None) -> "TrajectorySaver":
@@ -115,10 +117,28 @@ class TrajectorySaver:
             layout=layout or get("trajectory_layout", "auto"),
         )
 
+    def open(self) -> "TrajectorySaver":
+        """Take the folder's writer lock now (the first write takes it otherwise), so that a
+        second run writing the same folder stops before it trains: ``FolderInUse`` names the
+        holder. ``OSError`` when the folder cannot be written. Held until ``close()``."""
+        self._lock.acquire()
+        return self
+
+    def close(self) -> None:
+        """Give the folder's writer lock back (the end of the process does too)."""
+        self._lock.release()
+
+    def __enter__(self) -> "TrajectorySaver":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def forget_steps_after(self, step: int) -> list[str]:
         """Before resuming from step ``step``'s checkpoint: drop the files and manifest lines of
         later steps (a crash between a checkpoint and the next leaves some), so the resumed run
-        writes each step once."""
+        writes each step once. ``OSError`` when the folder cannot be written."""
+        self.open()
         return forget_steps_after(self.out_dir, step)
 
     def should_save(self, global_step: int) -> bool:
@@ -133,6 +153,8 @@ class TrajectorySaver:
             return None
         try:
             entry = self._save_step(global_step, experiences, marks)
+        except FolderInUse:  # another run writes this folder: a configuration error, whatever strict says
+            raise
         except Exception as e:  # the saver must never stop training unless asked to
             if self.strict:
                 raise
@@ -157,6 +179,7 @@ class TrajectorySaver:
 
     def _save_step(self, global_step: int, experiences, given_marks=None) -> dict:
         started = time.perf_counter()
+        self._lock.acquire()
         batch = collect_step(experiences, self.layout)
         marks, threshold = given_marks if given_marks is not None and self.mark_high_entropy else self._marks(batch)
         chosen = choose_responses(
@@ -178,7 +201,7 @@ class TrajectorySaver:
             threshold=None if isinstance(threshold, torch.Tensor) else threshold,
             save_seconds=round(time.perf_counter() - started, 4),
         )
-        upsert_manifest(self.out_dir / MANIFEST_FILE, entry)
+        upsert_manifest(self.out_dir / MANIFEST_FILE, entry, repair=True)  # lines an earlier failure left out
         write_summary(self.out_dir, self.run_info)
         return entry
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import random
 from typing import Any, Iterable, Sequence
 
-from .texts_table import TokenTable, model_texts, table_for
+from .texts_table import TokenTable, model_texts, table_for, unknown_token_text
 
 __all__ = ["token_texts", "token_texts_batch"]
 
@@ -212,10 +212,18 @@ def _align_resync(model: str, owner: list[int], decoded: str, n: int) -> list[in
 # ----------------------------------------------------------------------------- one row
 
 
-def _row_texts(table: TokenTable, ids: list[int], decoded: str | None, skip_special: bool) -> list[str]:
-    """One row. `decoded` is the reference text, or None to trust the model (exact decoders only)."""
+def _row_texts(table: TokenTable, ids: list[int], decoded: str | None, skip_special: bool,
+               mark_unknown: bool = True) -> list[str]:
+    """One row. `decoded` is the reference text, or None to trust the model (exact decoders only).
+    Ids past the vocabulary carry `unknown_token_text` (or "" without `mark_unknown`, as decode)."""
     if not ids:
         return []
+    if table.size is not None and max(ids) >= table.size:  # decode drops them: the texts of the others
+        known = [i for i in ids if i < table.size]
+        texts = iter(_row_texts(table, known, decoded, skip_special) if known else [])
+        if mark_unknown:
+            table.note_unknown(ids)
+        return [next(texts) if i < table.size else unknown_token_text(i) if mark_unknown else "" for i in ids]
     if table.kind == "generic":  # per-id decodes, re-cut along the row's decoded text
         gone = table.special if skip_special else ()
         return _align(["" if i in gone else table.generic_piece(i) for i in ids], decoded)
@@ -251,7 +259,7 @@ def _calibrated(table: TokenTable, tokenizer: Any, kwargs: dict, skip: bool) -> 
         rows = [[rng.randrange(size) for _ in range(40)] for _ in range(48)]
         rows += [[i] + rows[k][:20] for k, i in enumerate(sorted(table.special)[:16])]
         want = _decode_rows(tokenizer, rows, kwargs)
-        hit = all("".join(_row_texts(table, r, None, skip)) == w for r, w in zip(rows, want))
+        hit = all("".join(_row_texts(table, r, None, skip, mark_unknown=False)) == w for r, w in zip(rows, want))
         table.calibrated[skip] = hit
     return hit
 
@@ -289,6 +297,9 @@ def token_texts(
     Returns:
         one string per id. A character split over several tokens belongs to the token holding its
         last byte; tokens that complete no character carry "". No U+FFFD unless `decoded` has one.
+        An id past the tokenizer's vocabulary, which decode drops, carries the placeholder
+        "<unk:ID>" (``unknown_token_text``) and a warning is logged: only there do the texts
+        not join to the decoded text.
 
     Example (a byte-level BPE that splits the emoji as "Hi" | " " + 2 bytes | 1 byte | 1 byte):
         >>> ids = tokenizer.encode("Hi 😊")                      # doctest: +SKIP

@@ -19,12 +19,28 @@ from __future__ import annotations
 
 import codecs
 import json
+import logging
 import re
 import threading
 import weakref
 from codecs import utf_8_decode
 from itertools import accumulate
 from typing import Any
+
+
+logger = logging.getLogger("openrlhf_ext.trajectory.texts")
+
+
+def unknown_token_text(i: int) -> str:
+    """The text of a token id at or past the end of the tokenizer's vocabulary (a model's padded
+    vocabulary, a corrupt id): no decoder has a text for it (``decode`` drops it), so it carries
+    this placeholder instead of a silent "". Only there do the texts not join to ``decode``.
+
+    Example:
+        >>> unknown_token_text(100000000)
+        '<unk:100000000>'
+    """
+    return f"<unk:{i}>"
 
 
 def _backend(tokenizer: Any) -> Any:
@@ -95,6 +111,8 @@ class TokenTable:
     `piece[i]` is None for an id not seen yet; `lookup` fills it on first sight (no full-vocab pass).
     `whole[i]` is the token's text when it stands alone in any row (None where it can split a char).
     Ids the decoder drops (unknown ids) are in `absent`; special-token ids are in `special`.
+    `size`: ids from `size` up have no entry and never get one (they carry `unknown_token_text`),
+    so one id of 10^8 costs nothing; None when the tokenizer does not say its size.
     """
 
     def __init__(self, tokenizer: Any, backend: Any):
@@ -116,9 +134,16 @@ class TokenTable:
             added = backend.get_added_tokens_decoder()
             self.special_contents = {at.content for at in added.values() if at.special}
             self.special = {i for i, at in added.items() if at.special}
-            self._grow(backend.get_vocab_size(with_added_tokens=True))
+            # the largest id + 1, not the count: a vocabulary may have holes, added tokens ids of their own
+            self.size: int | None = max(backend.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+            self._grow(self.size)
         else:
             self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
+            try:
+                self.size = max(tokenizer.get_vocab().values(), default=-1) + 1
+            except (AttributeError, TypeError, ValueError):
+                self.size = None
+        self.warned_unknown = False
 
     @property
     def tokenizer(self) -> Any:
@@ -146,11 +171,7 @@ class TokenTable:
     def lookup(self, ids: list[int]) -> list[str | None]:
         """`whole` of each id (None where a token can split a character), filling unseen ids."""
         whole = self.whole
-        try:
-            texts = [whole[i] for i in ids]
-        except IndexError:  # an id beyond the vocabulary (a model's padded vocab): grow, it is absent
-            self._grow(max(ids) + 1)
-            texts = [whole[i] for i in ids]
+        texts = [whole[i] for i in ids]  # every id is below `size` here (see texts._row_texts)
         if None in texts:
             piece, k = self.piece, 0
             while True:
@@ -221,6 +242,15 @@ class TokenTable:
             elif t == "_join_with_space":
                 s = s if first else " " + s
         return s
+
+    def note_unknown(self, ids: list[int]) -> None:
+        """Log, once per tokenizer, that ids past its vocabulary were given placeholder texts."""
+        if not self.warned_unknown:
+            self.warned_unknown = True
+            first = next(i for i in ids if i >= self.size)
+            logger.warning("token id %d is outside the tokenizer's vocabulary of %d ids: its text is %r (decode "
+                           "drops it); is this the model's tokenizer? Later such ids are not reported again.",
+                           first, self.size, unknown_token_text(first))
 
     def generic_piece(self, i: int) -> str:
         """Decoders we do not model: the token's own decode, realigned later to the row's text."""

@@ -5,10 +5,12 @@ Every file may come from anywhere and be broken: what is wrong is collected as `
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import MANIFEST_FILE, list_step_files, read_manifest
+from ..files import MANIFEST_FILE, list_step_files, parse_manifest, step_file_name, step_of_file_name
+from .bounded import MAX_MANIFEST_BYTES, UnreadableFile, read_bytes
 from .schema import Problem, TrajectoryFormatError, parse_json_file, record_problems, validate_records
 
 
@@ -20,7 +22,7 @@ def resolve_step_files(path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+        raise FileNotFoundError(f"{path}: " + ("not a file or folder" if path.exists() else "no such file or folder"))
     for folder in (path, path / "trajectories"):
         if folder.is_dir():
             files = [p for _, p in list_step_files(folder)]
@@ -29,10 +31,11 @@ def resolve_step_files(path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no trajectories_step_<N>.json files here or in {path / 'trajectories'}")
 
 
-def read_step_files(files, keep_invalid: bool = True) -> tuple[list[dict], list[Problem]]:
+def read_step_files(files, keep_invalid: bool = True, found: dict | None = None) -> tuple[list[dict], list[Problem]]:
     """The records of ``files`` and every problem found in them. A file that cannot be parsed, or
     whose top level is not an array, gives no records; with ``keep_invalid=False`` the records
-    that break the format are dropped too."""
+    that break the format are dropped too. ``found``, when given, gets each readable file's
+    ``(number of records, the first high_entropy_threshold)``, for the manifest's checks."""
     records: list[dict] = []
     problems: list[Problem] = []
     for file in files:
@@ -43,11 +46,18 @@ def read_step_files(files, keep_invalid: bool = True) -> tuple[list[dict], list[
         problems.extend(validate_records(data, str(file)))
         if not isinstance(data, list):
             continue
+        if found is not None:
+            found[Path(file).name] = (len(data), next((r.get("high_entropy_threshold") for r in data if isinstance(r, dict)
+                                                        and _finite(r.get("high_entropy_threshold"))), None))
         if keep_invalid:
             records.extend(data)
         else:
             records.extend(r for i, r in enumerate(data) if not record_problems(r, i, str(file)))
     return records, problems
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def load_trajectories(path, strict: bool = True) -> list[dict]:
@@ -81,15 +91,49 @@ def load_trajectories(path, strict: bool = True) -> list[dict]:
     return records
 
 
-def manifest_problems(folder) -> list[Problem]:
-    """A problem for each step that ``folder``'s manifest.jsonl lists but whose file is missing."""
+def read_manifest_entries(folder) -> tuple[list[dict], list[Problem]]:
+    """The manifest.jsonl entries of ``folder`` through the bounded reader (``[]`` when there is
+    none), and a problem when it exists but cannot be read."""
     manifest = Path(folder) / MANIFEST_FILE
-    problems = []
-    for entry in read_manifest(manifest):
-        name = entry.get("file")
-        if isinstance(name, str) and not (Path(folder) / Path(name).name).exists():
-            problems.append(Problem(str(manifest), None, None,
-                                    f"step {entry.get('global_step')}: lists {name}, which is missing"))
+    if not manifest.exists() and not manifest.is_symlink():
+        return [], []
+    try:
+        return parse_manifest(read_bytes(manifest, MAX_MANIFEST_BYTES)), []
+    except UnreadableFile as error:
+        return [], [Problem(str(manifest), None, None, error.reason)]
+
+
+def manifest_problems(folder, found: dict | None = None) -> list[Problem]:
+    """What disagrees between ``folder``'s manifest.jsonl and its step files: a line whose file is
+    missing, and, given ``found`` (``read_step_files``'), a step file with no line (the manifest
+    was not written after it: a full disk, a crash) or a line whose ``num_saved`` or
+    ``high_entropy_threshold`` is not the file's (two runs writing one folder)."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST_FILE
+    entries, problems = read_manifest_entries(folder)
+    ours = {}
+    for entry in entries:
+        name, step = entry.get("file"), entry.get("global_step")
+        if not isinstance(name, str) or not isinstance(step, int) or isinstance(step, bool):
+            continue  # another tool's line: not ours to check
+        ours[Path(name).name] = entry
+        if not (folder / Path(name).name).exists():
+            problems.append(Problem(str(manifest), None, None, f"step {step}: lists {name}, which is missing"))
+    for name, (count, threshold) in (found or {}).items() if ours else ():
+        entry = ours.get(name)
+        if entry is None:
+            step = step_of_file_name(name)
+            if step is not None and name == step_file_name(step):  # our own name: the saver's file
+                problems.append(Problem(str(folder / name), None, None, "has no line in manifest.jsonl (the manifest was "
+                                        "not written after this step: a full disk or a crash?); the saver's next step adds it"))
+            continue
+        if isinstance(entry.get("num_saved"), int) and entry["num_saved"] != count:
+            problems.append(Problem(str(folder / name), None, None, f"holds {count} record(s), the manifest says "
+                                    f"num_saved {entry['num_saved']} (two runs writing one folder?)"))
+        listed = entry.get("high_entropy_threshold")
+        if _finite(listed) and threshold is not None and not math.isclose(listed, threshold, rel_tol=1e-6, abs_tol=1e-9):
+            problems.append(Problem(str(folder / name), None, None, f"its records' high_entropy_threshold {threshold:.6g} "
+                                    f"is not the manifest's {listed:.6g} (two runs writing one folder?)"))
     return problems
 
 
@@ -107,5 +151,6 @@ def check_trajectories(path) -> Checked:
     """Check every step file that ``path`` names, and the manifest beside them: what
     ``openrlhf-traj validate`` reports. Raises FileNotFoundError when ``path`` names none."""
     files = resolve_step_files(path)
-    records, problems = read_step_files(files)
-    return Checked(files, len(records), problems + manifest_problems(files[0].parent))
+    found: dict = {}
+    records, problems = read_step_files(files, found=found)
+    return Checked(files, len(records), problems + manifest_problems(files[0].parent, found))

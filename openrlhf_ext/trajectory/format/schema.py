@@ -4,15 +4,15 @@ Files come from our saver, from other tools, or from anywhere: nothing here trus
 """
 from __future__ import annotations
 
-import gzip
+import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-# Largest file we parse in one go. A step file of 1,000 trajectories x 2,000 tokens is ~100 MB.
-MAX_FILE_BYTES = 2 << 30
+from .bounded import MAX_STEP_FILE_BYTES, UnreadableFile, read_bytes
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,13 @@ class TrajectoryFormatError(ValueError):
         super().__init__(f"{len(problems)} problem(s):\n  {shown}{more}")
 
 
+def _short(v) -> str:
+    """A value as a message shows it: short, and without walking a value of any depth or size."""
+    if isinstance(v, (list, dict)):
+        return f"{'a list' if isinstance(v, list) else 'an object'} of {len(v)}"
+    return repr(v[:40] if isinstance(v, str) else v)[:40]
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -51,45 +58,136 @@ def _is_number(x) -> bool:
     return (isinstance(x, (int, float)) and not isinstance(x, bool)) or x is None
 
 
-def parse_json_file(path: Path) -> tuple[object, list[Problem]]:
-    """Parse a ``.json`` or ``.json.gz`` file strictly. NaN/Infinity literals (which Python's
-    ``json`` writes) are reported, and read as null, so the rest of the file can still be checked.
-    """
-    name = str(path)
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        return None, [Problem(name, None, None, f"cannot read: {e.strerror or e}")]
-    if size > MAX_FILE_BYTES:
-        return None, [Problem(name, None, None, f"file is {size / 2**30:.1f} GiB, over the {MAX_FILE_BYTES >> 30} GiB limit")]
-    try:
-        raw = path.read_bytes()
-        if path.name.endswith(".gz"):
-            raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        return None, [Problem(name, None, None, f"cannot read or decompress: {e}")]
-    if not raw.strip():
-        return None, [Problem(name, None, None, "file is empty")]
-    try:
-        return orjson.loads(raw), []
-    except orjson.JSONDecodeError as e:
-        strict_error = str(e)
-    # orjson rejects NaN/Infinity; Python's json accepts them. Tell the two cases apart.
-    import json
+@dataclass
+class ParsedJSON:
+    """A JSON file as read: its value, how many NaN/Infinity literals were read as null, and what
+    else was made writable (``repairs``: lone surrogates, numbers too large for a double)."""
 
+    data: object
+    nonfinite_literals: int = 0
+    repairs: tuple = ()
+    first_literal: str = ""
+
+
+def read_json(path, limit: int = MAX_STEP_FILE_BYTES, lossy_utf8: bool = False) -> ParsedJSON:
+    """Parse a ``.json`` or ``.json.gz`` file through the bounded reader; ``UnreadableFile``
+    (naming the file and the reason) when it cannot be. NaN/Infinity literals, which Python's
+    ``json`` writes, are read as null and counted, as the viewer does. What strict JSON cannot
+    write back is made writable: a lone surrogate escape becomes U+FFFD and an integer beyond
+    64 bits a float (what JavaScript reads), and ``repairs`` says so. ``lossy_utf8``: bytes of a
+    plain (not gzip) file that are not UTF-8 are read as U+FFFD, as a browser reads a picked file.
+    """
+    raw = read_bytes(path, limit)
+    if not raw.strip():
+        raise UnreadableFile(path, "the file is empty")
+    try:
+        return ParsedJSON(orjson.loads(raw))
+    except orjson.JSONDecodeError as error:
+        strict_error = str(error)
+    # orjson refuses NaN/Infinity, lone surrogates and numbers beyond a double; Python's json
+    # reads them. Anything else it refuses too.
+    repairs: tuple = ()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if not lossy_utf8 or isinstance(raw, bytearray):  # bytearray: inflated gzip, which the viewer reads strictly
+            raise UnreadableFile(path, f"not UTF-8 text (byte {error.start}: {error.reason})") from None
+        text = raw.decode("utf-8", "replace")
+        repairs = ("bytes that are not UTF-8, read as U+FFFD",)
+    del raw
     literals: list[str] = []
 
-    def _constant(token: str):
+    def constant(token: str):
         literals.append(token)
         return None
 
     try:
-        data = json.loads(raw.decode("utf-8", errors="strict"), parse_constant=_constant)
-    except (ValueError, UnicodeDecodeError):
-        return None, [Problem(name, None, None, f"not valid JSON: {strict_error}")]
-    return data, [
-        Problem(name, None, None, f"non-standard JSON literal {literals[0]} ({len(literals)} in all); strict JSON writes null")
-    ]
+        data = json.loads(text, parse_constant=constant)
+    except RecursionError:
+        raise UnreadableFile(path, "not valid JSON here: nested more than about 1,000 levels deep") from None
+    except ValueError:
+        raise UnreadableFile(path, f"not valid JSON: {strict_error}") from None
+    data, more = make_writable(data)
+    return ParsedJSON(data, len(literals), repairs + more, literals[0] if literals else "")
+
+
+def parse_json_file(path: Path) -> tuple[object, list[Problem]]:
+    """Parse a ``.json`` or ``.json.gz`` file strictly: ``(data, problems)``, data None when the
+    file cannot be read. NaN/Infinity literals and what ``read_json`` repairs are problems (strict
+    JSON has none of them), and are read as it says, so the rest of the file can still be checked.
+    """
+    name = str(path)
+    try:
+        parsed = read_json(path)
+    except UnreadableFile as error:
+        return None, [Problem(name, None, None, error.reason)]
+    problems = [Problem(name, None, None, repair) for repair in parsed.repairs]
+    if parsed.nonfinite_literals:
+        problems.insert(0, Problem(name, None, None, f"non-standard JSON literal {parsed.first_literal} "
+                                                     f"({parsed.nonfinite_literals} in all); strict JSON writes null"))
+    return parsed.data, problems
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def writable_text(s: str) -> str:
+    """``s`` with every lone surrogate (a str from a JSON escape such as ``\\ud800``, which no
+    UTF-8 file can hold) as U+FFFD, the character a browser shows for it.
+
+    Example:
+        >>> writable_text("a" + chr(0xD800) + "b")
+        'a\ufffdb'
+    """
+    return s if s.isascii() or not _SURROGATE.search(s) else _SURROGATE.sub("\ufffd", s)
+
+
+def make_writable(data) -> tuple[object, tuple]:
+    """``data`` (parsed by Python's json) made writable as strict JSON, and a message per kind of
+    change: lone surrogates in strings (keys too) become U+FFFD, integers beyond 64 bits floats.
+    Iterative, so any depth json could parse is fine."""
+    counts = {"surrogates": 0, "infinite": 0}
+
+    def fix(v):
+        if isinstance(v, str):
+            w = writable_text(v)
+            counts["surrogates"] += w is not v
+            return w
+        if isinstance(v, float) and math.isinf(v):
+            counts["infinite"] += 1
+        elif isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**64:
+            try:
+                return float(v)
+            except OverflowError:
+                counts["infinite"] += 1
+                return math.inf if v > 0 else -math.inf
+        return v
+
+    root = [data]
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            for i, v in enumerate(node):
+                node[i] = fix(v)
+                if isinstance(v, (list, dict)):
+                    stack.append(v)
+        else:
+            for k in list(node):
+                v = node[k]
+                fixed_key = fix(k)
+                if fixed_key is not k:
+                    del node[k]
+                node[fixed_key] = fix(v)
+                if isinstance(v, (list, dict)):
+                    stack.append(v)
+    repairs = []
+    if counts["surrogates"]:
+        repairs.append(f"{counts['surrogates']} string(s) with a lone surrogate escape (\\ud800-\\udfff), "
+                       "which is no character: read as U+FFFD")
+    if counts["infinite"]:
+        repairs.append(f"{counts['infinite']} number(s) too large for a double (such as 1e999), read as infinity")
+    return root[0], tuple(repairs)
 
 
 def validate_records(data, file: str) -> list[Problem]:
@@ -129,7 +227,7 @@ def record_problems(rec, i: int, file: str) -> list[Problem]:
         if f not in rec:
             bad(f, "missing")
         elif not _is_int(rec[f]):
-            bad(f, f"must be an integer, got {rec[f]!r:.40}")
+            bad(f, f"must be an integer, got {_short(rec[f])}")
     for f in _TEXT_FIELDS:
         if f not in rec:
             bad(f, "missing")
@@ -139,7 +237,7 @@ def record_problems(rec, i: int, file: str) -> list[Problem]:
         if f not in rec:
             bad(f, "missing")
         elif not _is_number(rec[f]):
-            bad(f, f"must be a number or null, got {rec[f]!r:.40}")
+            bad(f, f"must be a number or null, got {_short(rec[f])}")
     info = rec.get("info")
     if not isinstance(info, dict):
         bad("info", "missing" if info is None else f"must be an object, got {type(info).__name__}")
@@ -147,11 +245,11 @@ def record_problems(rec, i: int, file: str) -> list[Problem]:
         if "reward" not in info:
             bad("info.reward", "missing")
         elif not _is_number(info["reward"]):
-            bad("info.reward", f"must be a number or null, got {info['reward']!r:.40}")
+            bad("info.reward", f"must be a number or null, got {_short(info['reward'])}")
         if "response_length" not in info:
             bad("info.response_length", "missing")
         elif not (_is_int(info["response_length"]) or (isinstance(info["response_length"], float) and info["response_length"].is_integer())):
-            bad("info.response_length", f"must be an integer, got {info['response_length']!r:.40}")
+            bad("info.response_length", f"must be an integer, got {_short(info['response_length'])}")
     for f, text_field in zip(_TOKEN_FIELDS, _TEXT_FIELDS):
         tokens = rec.get(f)
         if tokens is None:
@@ -181,7 +279,7 @@ def _token_problem(tok):
         return ".high_entropy", "missing" if "high_entropy" not in tok else "must be true or false"
     score = tok.get("entropy_score")
     if score is not None and not (_is_number(score) and math.isfinite(score)):
-        return ".entropy_score", f"must be a number or null, got {score!r:.40}"
+        return ".entropy_score", f"must be a number or null, got {_short(score)}"
     if "prompt" in tok and not isinstance(tok["prompt"], bool):
         return ".prompt", "must be true or false"
     if "id" in tok and not _is_int(tok["id"]):

@@ -11,6 +11,7 @@ so they answer in a fraction of a second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 
@@ -39,26 +40,35 @@ def cmd_validate(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    notices: list = []
     try:
-        rows = step_rows(args.path, top_words=args.top)
+        rows = step_rows(args.path, top_words=args.top, notices=notices)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print_notices("stats", notices)
     if args.json:
         import orjson
 
         sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
-        return 0
-    print("\n".join(format_table(rows)))
-    return 0
+    else:
+        print("\n".join(format_table(rows)))
+    unreadable = sum("error" in row for row in rows)
+    if unreadable:
+        print(f"openrlhf-traj stats: {unreadable} of {len(rows)} file(s) could not be read", file=sys.stderr)
+    return 1 if unreadable else 0
+
+
+def print_notices(command: str, notices, level: str = "notice") -> None:
+    """What the viewer would say about the files read (``read_lenient``'s notices), on stderr."""
+    for notice in notices:
+        print(f"openrlhf-traj {command}: {level}: {notice}", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
     from .report import LargeReportWarning, ReportError, human_size, write_report
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", LargeReportWarning)
-        warnings.showwarning = _print_report_warning
+    with _warnings_as_lines("report", LargeReportWarning):
         try:
             info = write_report(
                 args.paths,
@@ -69,44 +79,61 @@ def cmd_report(args) -> int:
                 title=args.title,
                 viewer=args.viewer,
                 include_run_files=not args.no_run_files,
+                strict=args.strict,
+                force=args.force,
             )
-        except (ReportError, ValueError) as error:
+        except (ReportError, ValueError, OSError) as error:
             print(f"openrlhf-traj report: error: {error}", file=sys.stderr)
             return 2
+    print_notices("report", info["notices"])
+    print_notices("report", info["errors"], level="error (left out)")
     print(
         f"wrote {args.output}: {len(info['files'])} file(s), {info['num_records']} trajectories, "
         f"{human_size(info['size_bytes'])}"
     )
-    return 0
+    return 1 if info["errors"] else 0
 
 
-def _print_report_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"openrlhf-traj report: warning: {message}", file=sys.stderr)
+@contextlib.contextmanager
+def _warnings_as_lines(command: str, category=Warning):
+    """Warnings printed as one line each ("openrlhf-traj report: warning: ..."), every time."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"openrlhf-traj {command}: warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", category)
+        warnings.showwarning = show
+        yield
 
 
 def cmd_convert(args) -> int:
     from .convert import convert
     from .errors import ConvertError
+    from ..folder_lock import FolderInUse
 
-    try:
-        result = convert(
-            args.src,
-            args.output,
-            tokenizer=args.tokenizer,
-            high_entropy_token_ratio=args.high_entropy_token_ratio,
-            high_entropy_scope=args.high_entropy_scope,
-            num_trajectories_per_step=args.num_trajectories_per_step,
-            sampling=args.trajectory_sampling,
-            seed=args.seed,
-            steps=args.steps,
-            overwrite=args.overwrite,
-        )
-    except (ConvertError, ValueError) as error:
-        print(f"openrlhf-traj convert: error: {error}", file=sys.stderr)
-        return 2
+    with _warnings_as_lines("convert"):
+        try:
+            result = convert(
+                args.src,
+                args.output,
+                tokenizer=args.tokenizer,
+                high_entropy_token_ratio=args.high_entropy_token_ratio,
+                high_entropy_scope=args.high_entropy_scope,
+                num_trajectories_per_step=args.num_trajectories_per_step,
+                sampling=args.trajectory_sampling,
+                seed=args.seed,
+                steps=args.steps,
+                overwrite=args.overwrite,
+                strict=args.strict,
+            )
+        except (ConvertError, FolderInUse, ValueError, OSError) as error:
+            print(f"openrlhf-traj convert: error: {error}", file=sys.stderr)
+            return 2
+    print_notices("convert", result["notices"])
+    print_notices("convert", result["errors"], level="error (left out)")
     steps = result["steps"]
     print(f"wrote {len(steps)} step(s) ({steps[0]}..{steps[-1]}) from a {result['kind']} source to {result['out_dir']}")
-    return 0
+    return 1 if result["errors"] else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +186,15 @@ def _add_report_parser(sub) -> None:
         "--no_run_files", action="store_true",
         help="do not embed the run folder's manifest.jsonl and summary.json",
     )
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="refuse files that break FORMAT.md (what validate reports) instead of taking every file the "
+             "viewer opens, with its notices",
+    )
+    parser.add_argument(
+        "--force", action="store_true",
+        help="replace an existing output that is not a report written by this tool (an input is never replaced)",
+    )
     parser.set_defaults(func=cmd_report)
 
 
@@ -199,10 +235,18 @@ def _add_convert_parser(sub) -> None:
     parser.add_argument("--seed", type=int, default=42, help="seed of the random samplings (default 42)")
     parser.add_argument("--steps", default=None, help="steps to convert, e.g. 1,5,10-20 (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="replace trajectory files already in OUTPUT")
+    parser.add_argument(
+        "--strict", action="store_true",
+        help="refuse step files that break FORMAT.md (what validate reports) instead of converting every "
+             "file the viewer opens, with its notices",
+    )
     parser.set_defaults(func=cmd_convert)
 
 
 def main(argv=None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, not a crash
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

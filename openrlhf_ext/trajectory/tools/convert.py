@@ -4,6 +4,9 @@
                           [--num_trajectories_per_step N] [--steps 1,5,10-20]
 
 SRC is detected by what it holds:
+- `trajectories_step_N.json[.gz]` files (or one such file) that the viewer opens, from any saver:
+  rewritten to follow FORMAT.md exactly, read as the viewer reads them and with its notices
+  (convert_trajectories.py; `--strict` refuses a file that breaks the format instead).
 - `steps/step_NNNNNN.npz` (or a folder of those): an entropy trace, ours (--save_entropy_trace) or
   another trainer's. Token ids are decoded with --tokenizer (default: the tokenizer path in SRC's
   summary.json when it is ours and that path exists) and tokens are marked high-entropy over all
@@ -12,7 +15,7 @@ SRC is detected by what it holds:
   the viewer shows them unmarked.
 
 OUT_DIR gets `trajectories_step_N.json`, `manifest.jsonl` and `summary.json` of FORMAT.md, each
-written atomically. Conversion streams: one step's arrays and records are alive at a time, and a
+written atomically, under the folder's writer lock; it is never a folder SRC's files are in. Conversion streams: one step's arrays and records are alive at a time, and a
 step's records are serialised one by one, so memory is bounded by the largest step's output.
 
 Example (a rollout dump of two lines, text only):
@@ -24,38 +27,45 @@ Example (a rollout dump of two lines, text only):
     ...          {"input": "1+1=", "output": "3", "score": 0.0, "step": 5}]
     >>> _ = (src / "5.jsonl").write_text("".join(json.dumps(line) + "\\n" for line in lines))
     >>> convert(src, src.parent / "out")
-    {'kind': 'jsonl', 'steps': [5], 'out_dir': '.../out'}
+    {'kind': 'jsonl', 'steps': [5], 'out_dir': '.../out', 'notices': [], 'errors': []}
     >>> [r["pure_generated_text"] for r in load_trajectories(src.parent / "out")]
     ['2', '3']
 
 An npz trace needs the tokenizer of its token ids:
     >>> convert("runs/exp1/trajectories", "runs/exp1/all_responses", tokenizer="Qwen/Qwen2.5-0.5B",
     ...         num_trajectories_per_step=64)  # doctest: +SKIP
-    {'kind': 'npz', 'steps': [1, 2, ...], 'out_dir': 'runs/exp1/all_responses'}
+    {'kind': 'npz', 'steps': [1, 2, ...], 'out_dir': 'runs/exp1/all_responses', 'notices': [], 'errors': []}
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import orjson
 from tqdm import tqdm
 
 from openrlhf_ext import __version__
 
-from ..files import MANIFEST_FILE, SUMMARY_FILE, step_file_name, upsert_manifest, utc_now, write_records, write_summary
+from ..files import MANIFEST_FILE, MAX_STEP, SUMMARY_FILE, step_file_name, upsert_manifest, utc_now, write_records
+from ..files import write_summary
+from ..folder_lock import FolderLock
+from ..format import UnreadableFile, read_bytes
+from ..format.bounded import MAX_SUMMARY_BYTES
+from ..format.schema import writable_text
 from ..manifest_entry import manifest_entry
 from ..marks import SCOPES, check_ratio
-from ..sampling import choose_responses
-from .convert_jsonl import find_jsonl_files, jsonl_step_records, looks_like_rollout_jsonl, read_jsonl_steps, word_chunks
+from .convert_jsonl import find_jsonl_files, jsonl_step_records, looks_like_rollout_jsonl, read_jsonl_steps
 from .convert_npz import find_npz_steps, npz_step_records, npz_steps_dir, read_npz_step
+from .convert_trajectories import trajectory_files, trajectory_step_records, trajectory_steps
 from .errors import ConvertError
+from .outputs import check_output_folder
 from .steps import parse_steps
 
 
 # ----------------------------------------------------------------------------- detection
 
 def detect_source(src: str | Path) -> str:
-    """"npz" or "jsonl" for what `src` holds; ConvertError saying what was expected otherwise."""
+    """"npz", "trajectories" or "jsonl" for what `src` holds; ConvertError saying what was
+    expected otherwise."""
     src = Path(src)
     if not src.exists():
         raise ConvertError(f"{src}: no such file or folder")
@@ -63,13 +73,26 @@ def detect_source(src: str | Path) -> str:
         return "npz"
     if src.is_file() and src.suffix == ".npz":
         raise ConvertError(f"{src}: give the folder that holds the steps/step_NNNNNN.npz files, not one file")
+    if src.suffix != ".jsonl" and trajectory_files(src):
+        return "trajectories"
     jsonl = find_jsonl_files(src)
     if jsonl and looks_like_rollout_jsonl(jsonl[0]):
         return "jsonl"
     raise ConvertError(
-        f"{src}: not a known trace: expected steps/step_NNNNNN.npz files (an entropy trace) or "
-        f"*.jsonl files whose lines have input, output, score, step (rollout dumps)"
+        f"{src}: not a known trace: expected trajectories_step_N.json files, steps/step_NNNNNN.npz files (an "
+        f"entropy trace) or *.jsonl files whose lines have input, output, score, step (rollout dumps)"
     )
+
+
+def input_folders(kind: str, src: Path) -> list[Path]:
+    """The folders `src`'s files are read from: convert never writes into them."""
+    src = Path(src)
+    folders = [src] if src.is_dir() else [src.parent]
+    if kind == "npz":
+        folders.append(npz_steps_dir(src))
+    elif kind == "trajectories":
+        folders += [p.parent for p in trajectory_files(src)]
+    return folders
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -103,8 +126,8 @@ def _summary_tokenizer(src: Path) -> tuple[str | None, str | None]:
     folder = src.parent if src.name == "steps" else src
     path = folder / SUMMARY_FILE
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        summary = orjson.loads(read_bytes(path, MAX_SUMMARY_BYTES))
+    except (UnreadableFile, orjson.JSONDecodeError):
         return None, None
     if not isinstance(summary, dict) or summary.get("format_version") != 1:
         return None, None
@@ -115,12 +138,17 @@ def _summary_tokenizer(src: Path) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _steps_of(kind: str, src: Path, wanted: set[int] | None):
+def _steps_of(kind: str, src: Path, wanted, found: dict):
     """Yield (global_step, label, load) per step, lazily: `load()` reads that step only."""
     if kind == "npz":
         for global_step, path in find_npz_steps(npz_steps_dir(src)):
             if wanted is None or global_step in wanted:
                 yield global_step, path.name, (lambda p=path, s=global_step: read_npz_step(p, s))
+        return
+    if kind == "trajectories":
+        for global_step, name, records in trajectory_steps(trajectory_files(src), found["notices"], found["errors"],
+                                                           found["strict"], wanted):
+            yield global_step, name, (lambda r=records: r)
         return
     seen: dict[int, Path] = {}
     for path in find_jsonl_files(src):
@@ -147,11 +175,16 @@ def convert(
     progress: bool | None = None,
     sampling: str = "first",
     seed: int = 42,
+    strict: bool = False,
 ) -> dict:
-    """Convert SRC (npz entropy trace or rollout JSONL) into trajectory files in `out_dir`.
+    """Convert SRC (step files the viewer opens, an npz entropy trace, or rollout JSONL) into
+    trajectory files in `out_dir`.
 
     `tokenizer`: a tokenizer object or a path (npz only; default: the one our summary.json names).
-    Returns {"kind", "steps", "out_dir"}. Raises ConvertError naming the file on broken input.
+    `strict`: refuse step files that break FORMAT.md instead of converting what the viewer shows.
+    Returns {"kind", "steps", "out_dir", "notices", "errors"}: `notices` what the viewer would
+    note about the step files, `errors` the files left out because it would refuse them. Raises
+    ConvertError naming the file on broken input (npz, JSONL) or when there is nothing to write.
     """
     src, out_dir = Path(src), Path(out_dir)
     kind = detect_source(src)
@@ -164,6 +197,7 @@ def convert(
     if num_trajectories_per_step is not None and num_trajectories_per_step < 1:
         raise ConvertError("--num_trajectories_per_step must be at least 1")
     wanted = parse_steps(steps)
+    check_output_folder(out_dir, input_folders(kind, src))
 
     tokenizer_path = None
     if kind == "npz":
@@ -186,45 +220,60 @@ def convert(
             "replace the steps converted now (the manifest keeps one entry per step)"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    found = {"notices": [], "errors": [], "strict": strict}
+    summary = {
+        "model": None,
+        "tokenizer": tokenizer_path,
+        "flags": {
+            "high_entropy_token_ratio": high_entropy_token_ratio,
+            "high_entropy_scope": high_entropy_scope,
+            "num_trajectories_per_step": num_trajectories_per_step,
+            "steps": steps if isinstance(steps, str) else None,
+        },
+        "converted_from": {"source": str(src), "kind": kind},
+        "package_version": __version__,
+    }
+    with FolderLock(out_dir, "openrlhf-traj convert"):
+        written = _write_steps(kind, src, out_dir, wanted, found, tokenizer, summary, progress,
+                               ratio=high_entropy_token_ratio, scope=high_entropy_scope,
+                               limit=num_trajectories_per_step, sampling=sampling, seed=seed)
+    if not written:
+        why = "; ".join(str(e) for e in found["errors"][:5])
+        raise ConvertError(f"{src}: no steps to convert" + (f" (--steps {steps})" if steps else "") + (f": {why}" if why else ""))
+    return {"kind": kind, "steps": written, "out_dir": str(out_dir), "notices": found["notices"], "errors": found["errors"]}
 
-    plan = list(_steps_of(kind, src, wanted)) if kind == "npz" else _steps_of(kind, src, wanted)
+
+def _write_steps(kind, src, out_dir, wanted, found, tokenizer, summary, progress, *, ratio, scope, limit,
+                 sampling, seed) -> list[int]:
+    """Convert and write each step, one at a time; the steps written."""
     created_at = utc_now()
     written: list[int] = []
+    plan = _steps_of(kind, src, wanted, found)
+    plan = list(plan) if kind == "npz" else plan
     bar = tqdm(plan, desc=f"convert {kind}", unit="step", disable=(None if progress is None else not progress))
     for global_step, label, load in bar:
+        label = writable_text(label)  # a file name that is not UTF-8 goes into the manifest too
         bar.set_postfix_str(label)
+        if not 0 <= global_step <= MAX_STEP:
+            raise ConvertError(f"{label}: step {global_step} is beyond the largest step a file can name ({MAX_STEP})")
         data = load()  # this step only
+        step_ratio = ratio
         if kind == "npz":
-            records, step_info = npz_step_records(
-                data, tokenizer, high_entropy_token_ratio, high_entropy_scope, num_trajectories_per_step,
-                sampling=sampling, seed=seed,
-            )
+            records, step_info = npz_step_records(data, tokenizer, ratio, scope, limit, sampling=sampling, seed=seed)
+        elif kind == "trajectories":
+            records, step_info, step_ratio = trajectory_step_records(data, limit, sampling, seed)
         else:
-            records, step_info = jsonl_step_records(global_step, data, num_trajectories_per_step, sampling, seed)
+            records, step_info = jsonl_step_records(global_step, data, limit, sampling, seed)
+            step_ratio = None
         # write_records serialises each record before the next is built: one record alive at a time
-        num_saved = write_records(out_dir / step_file_name(global_step), records)
-        upsert_manifest(manifest, manifest_entry(
-            global_step,
-            num_saved=num_saved,
-            ratio=high_entropy_token_ratio if kind == "npz" else None,
-            converted_from=label,
-            **step_info,
-        ))
+        try:
+            num_saved = write_records(out_dir / step_file_name(global_step), records)
+        except TypeError as error:  # a value orjson cannot write (nested over 254 levels)
+            raise ConvertError(f"{label}: step {global_step} cannot be written as strict JSON: {error}") from None
+        upsert_manifest(out_dir / MANIFEST_FILE, manifest_entry(
+            global_step, num_saved=num_saved, ratio=step_ratio, converted_from=label, **step_info))
         written.append(global_step)
         del data, records, step_info  # before the next step is loaded
-        write_summary(out_dir, {
-            "model": None,
-            "tokenizer": tokenizer_path,
-            "flags": {
-                "high_entropy_token_ratio": high_entropy_token_ratio,
-                "high_entropy_scope": high_entropy_scope,
-                "num_trajectories_per_step": num_trajectories_per_step,
-                "steps": steps if isinstance(steps, str) else None,
-            },
-            "converted_from": {"source": str(src), "kind": kind},
-            "package_version": __version__,
-        }, created_at=created_at)
+        write_summary(out_dir, summary, created_at=created_at)
     bar.close()
-    if not written:
-        raise ConvertError(f"{src}: no steps to convert" + (f" (--steps {steps})" if steps else ""))
-    return {"kind": kind, "steps": written, "out_dir": str(out_dir)}
+    return written

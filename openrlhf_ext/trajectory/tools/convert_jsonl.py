@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Iterator
 
-from ..files import MANIFEST_FILE, finite_or_none
+from ..files import MANIFEST_FILE, MAX_STEP, finite_or_none
+from ..format import UnreadableFile, read_bytes
+from ..format.bounded import MAX_STEP_FILE_BYTES, open_regular
+from ..format.schema import make_writable
 from ..sampling import choose_responses
 from .errors import ConvertError
 
@@ -50,15 +54,20 @@ def find_jsonl_files(src: Path) -> list[Path]:
 
 
 def looks_like_rollout_jsonl(path: Path) -> bool:
-    """True when the first non-empty line of `path` is an object with the rollout fields."""
+    """True when the first non-empty line of `path` (within its first 16 MiB) is an object with
+    the rollout fields."""
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    return isinstance(row, dict) and all(k in row for k in REQUIRED_FIELDS)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        with open_regular(path) as f:
+            head = f.read(16 << 20)
+    except UnreadableFile:
         return False
+    for line in head.splitlines():
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except (ValueError, RecursionError):  # a line cut at 16 MiB, or not JSON
+                return False
+            return isinstance(row, dict) and all(k in row for k in REQUIRED_FIELDS)
     return False
 
 
@@ -73,8 +82,8 @@ def _check_row(row, path: Path, line_no: int) -> dict:
         if not isinstance(row[key], str):
             raise ConvertError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
     step = row["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ConvertError(f"{where}: field 'step' must be a non-negative integer, got {step!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise ConvertError(f"{where}: field 'step' must be an integer from 0 to {MAX_STEP}, got {step!r:.40}")
     score = row["score"]
     if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float))):
         raise ConvertError(f"{where}: field 'score' must be a number or null, got {score!r}")
@@ -89,20 +98,23 @@ def read_jsonl_steps(path: Path) -> Iterator[tuple[int, list[dict]]]:
     """
     by_step: dict[int, list[dict]] = {}
     try:
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ConvertError(f"{path}:{line_no}: not valid JSON: {error}") from error
-                row = _check_row(row, path, line_no)
-                by_step.setdefault(row["step"], []).append(row)
+        text = read_bytes(path, MAX_STEP_FILE_BYTES).decode("utf-8")
     except UnicodeDecodeError as error:
         raise ConvertError(f"{path}: not UTF-8 text: {error}") from error
-    except OSError as error:
-        raise ConvertError(f"{path}: cannot read: {error}") from error
+    except UnreadableFile as error:
+        raise ConvertError(str(error)) from error
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            raise ConvertError(f"{path}:{line_no}: not valid JSON: {type(error).__name__}: {str(error)[:200]}") from None
+        row, repairs = make_writable(row)  # lone surrogates (\ud800) as U+FFFD: strict JSON cannot hold them
+        for repair in repairs:
+            warnings.warn(f"{path}:{line_no}: {repair}", stacklevel=2)
+        row = _check_row(row, path, line_no)
+        by_step.setdefault(row["step"], []).append(row)
     yield from by_step.items()
 
 

@@ -36,17 +36,15 @@ tokenizer, so token ids are bytes):
 """
 from __future__ import annotations
 
-import os
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..files import STEPS_DIR, finite_or_none, list_npz_files, npz_step_of_file_name
+from ..format.bounded import human_bytes
 from ..marks import high_entropy_mask
-from ..records import build_record
 from ..sampling import choose_responses
 from .errors import ConvertError
 
@@ -85,11 +83,10 @@ def find_npz_steps(folder: Path) -> list[tuple[int, Path]]:
     return list_npz_files(folder)
 
 
-def _memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+# The most a step's arrays may declare in all (from their .npy headers, checked before any is read):
+# 8,192 responses x 32,768 tokens in the layout's dtypes are 1.9 GB. Converting needs about twice
+# that again (float32 entropies, the marks), so a hostile header cannot take the machine's memory.
+MAX_NPZ_STEP_BYTES = 2 << 30
 
 
 def _declared_bytes(npz, key: str) -> int | None:
@@ -109,14 +106,6 @@ def _declared_bytes(npz, key: str) -> int | None:
 
 
 def _read_key(npz, key: str, path: Path) -> np.ndarray | None:
-    # A hostile or corrupt header can declare an array far larger than the file: refuse it before
-    # numpy tries to allocate it.
-    declared, memory = _declared_bytes(npz, key), _memory_bytes()
-    if declared is not None and memory is not None and declared > memory:
-        raise ConvertError(
-            f"{path}: array {key!r} declares {declared / 2**30:.1f} GiB, more than this machine's "
-            f"{memory / 2**30:.1f} GiB of memory; the file is corrupt or not a step of a trace"
-        )
     try:
         return np.asarray(npz[key])
     except ValueError as error:  # object arrays need pickle, which we never allow
@@ -124,8 +113,19 @@ def _read_key(npz, key: str, path: Path) -> np.ndarray | None:
         return None
     except MemoryError as error:
         raise ConvertError(f"{path}: array {key!r} does not fit in memory: {error}") from error
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as error:
-        raise ConvertError(f"{path}: cannot read array {key!r}: {error}") from error
+    except Exception as error:  # zipfile, zlib, struct, numpy: a broken or hostile member, whatever it raises
+        raise ConvertError(f"{path}: cannot read array {key!r}: {type(error).__name__}: {error}") from error
+
+
+def _check_declared(npz, keys, path: Path) -> None:
+    """A hostile or corrupt header can declare arrays far larger than the file: refuse the step
+    before numpy allocates any of them, by their total."""
+    declared = sum(_declared_bytes(npz, key) or 0 for key in keys)
+    if declared > MAX_NPZ_STEP_BYTES:
+        raise ConvertError(
+            f"{path}: its arrays declare {human_bytes(declared)} in all, more than the {human_bytes(MAX_NPZ_STEP_BYTES)} "
+            "a step may hold when read; the file is corrupt or not a step of a trace"
+        )
 
 
 def read_npz_step(path: Path, global_step: int) -> NpzStep:
@@ -136,8 +136,8 @@ def read_npz_step(path: Path, global_step: int) -> NpzStep:
         # Compressed npz members cannot be memory-mapped; each array is inflated once, and only
         # this step's arrays are alive at a time (the caller drops the NpzStep before the next).
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise ConvertError(f"{path}: not a readable npz file: {error}") from error
+    except Exception as error:  # zipfile, struct, numpy: a file from anywhere raises anything
+        raise ConvertError(f"{path}: not a readable npz file: {type(error).__name__}: {error}") from error
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ConvertError(f"{path}: expected an npz archive of named arrays, found a single array")
     with npz:
@@ -147,6 +147,7 @@ def read_npz_step(path: Path, global_step: int) -> NpzStep:
                 f"{path}: missing array(s) {', '.join(missing)}; an entropy trace step needs "
                 f"{', '.join(REQUIRED_KEYS)} (has {', '.join(npz.files) or 'nothing'})"
             )
+        _check_declared(npz, [k for k in REQUIRED_KEYS + OPTIONAL_KEYS if k in npz.files], path)
         arrays = {}
         for key in REQUIRED_KEYS:
             value = _read_key(npz, key, path)
@@ -258,6 +259,8 @@ def npz_step_records(step: NpzStep, tokenizer, ratio: float, scope: str = "step"
     (`return` is null) and no log-probs. `response_index`, `prompt_length`, `sample_index` and
     `uid` go into `info`. Entropies are the trace's float16 values.
     """
+    from ..records import build_record  # torch: imported when an npz step is converted, not before
+
     marks, threshold, row_thresholds = _step_marks(step, ratio, scope)
     vocab = _vocab_size(tokenizer)
     rewards = per_response(step, "rewards", reduce="sum")

@@ -29,14 +29,18 @@ import gzip
 import os
 import re
 import warnings
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 
 import jinja2
 
 from ..files import MANIFEST_FILE, SUMMARY_FILE, atomic_write_bytes, dumps_strict_json, step_of_file_name
-from ..format import load_trajectories, resolve_step_files
+from ..format import Problem, UnreadableFile, load_trajectories, read_bytes, read_lenient, resolve_step_files
+from ..format.bounded import MAX_MANIFEST_BYTES, MAX_SUMMARY_BYTES
+from ..format.schema import writable_text
 from .errors import ReportError
+from .outputs import check_report_output
 from .steps import parse_steps
 
 VIEWER_FILE_NAME = "render_trajectories.html"
@@ -162,19 +166,19 @@ def _run_metadata(paths) -> list[tuple[str, str]]:
     """(name, text) of manifest.jsonl and summary.json when exactly one run folder is given.
 
     With several folders they would mix steps of different runs in the viewer, so they stay out.
-    The texts go in unparsed (the viewer reports a broken line itself); a file that is not UTF-8
-    is left out with a warning."""
+    The texts go in unparsed (the viewer reports a broken line itself), read through the bounded
+    reader; a file that cannot be read or is not UTF-8 is left out with a warning."""
     folders = [Path(p) for p in paths if Path(p).is_dir()]
     if len(folders) != 1:
         return []
     folder = resolve_step_files(folders[0])[0].parent  # a save_path's trajectories/ too
     out = []
-    for name in (MANIFEST_FILE, SUMMARY_FILE):
+    for name, limit in ((MANIFEST_FILE, MAX_MANIFEST_BYTES), (SUMMARY_FILE, MAX_SUMMARY_BYTES)):
         path = folder / name
-        if path.is_file():
+        if path.exists() or path.is_symlink():
             try:
-                out.append((name, path.read_text(encoding="utf-8")))
-            except (OSError, UnicodeDecodeError) as error:
+                out.append((name, read_bytes(path, limit).decode("utf-8")))
+            except (UnreadableFile, UnicodeDecodeError) as error:
                 warnings.warn(f"{path}: left out of the report: {error}", stacklevel=3)
     return out
 
@@ -182,9 +186,9 @@ def _run_metadata(paths) -> list[tuple[str, str]]:
 def _unique_names(files: list[Path]) -> list[str]:
     # The viewer lists files by name; two runs' trajectories_step_3.json get their folder prefixed.
     # A .json.gz file is embedded as its JSON (re-serialised), so it loses the .gz.
-    names = [p.name[: -len(".gz")] if p.name.endswith(".gz") else p.name for p in files]
-    duplicated = {n for n in names if names.count(n) > 1}
-    return [f"{p.parent.name}/{n}" if n in duplicated else n for p, n in zip(files, names)]
+    names = [writable_text(p.name[: -len(".gz")] if p.name.endswith(".gz") else p.name) for p in files]
+    duplicated = {n for n, count in Counter(names).items() if count > 1}
+    return [f"{writable_text(p.parent.name)}/{n}" if n in duplicated else n for p, n in zip(files, names)]
 
 
 def build_report(
@@ -195,9 +199,14 @@ def build_report(
     title: str | None = None,
     viewer: str | os.PathLike | None = None,
     include_run_files: bool = True,
+    strict: bool = False,
 ) -> tuple[str, dict]:
-    """Render the report page; returns (html, info) with info's `files`, `num_records`, `viewer`.
+    """Render the report page; returns (html, info) with info's `files`, `num_records`, `viewer`,
+    and `notices` / `errors` (``Problem``s: what the viewer would note about a file, and the files
+    left out because the viewer would refuse them).
 
+    Every file the viewer opens goes in, read as the viewer reads it (``read_lenient``), with the
+    same notices; `strict` refuses instead any file that breaks FORMAT.md (what ``validate`` says).
     `steps`: "1,5,10-20" or a set; `max_trajectories_per_step`: keep the first N records of each
     file; `gzip_data`: embed each file gzip-compressed (the page inflates it with
     DecompressionStream), typically 5-10x smaller; `include_run_files`: with one run folder,
@@ -207,32 +216,20 @@ def build_report(
         raise ValueError("max_trajectories_per_step must be at least 1")
     wanted = parse_steps(steps)
     viewer_html, viewer_where = find_viewer_html(viewer)
-
-    chosen: list[tuple[Path, list]] = []
-    for step, path in find_step_files(paths):
-        if wanted is not None and step is not None and step not in wanted:
-            continue  # skipped without reading it
-        records = load_trajectories(path)
-        if wanted is not None and step is None:
-            # No step in the name: decide by the records' own global_step.
-            if not records or records[0].get("global_step") not in wanted:
-                continue
-        if max_trajectories_per_step is not None:
-            records = records[:max_trajectories_per_step]
-        chosen.append((path, records))
+    chosen, notices, errors = _choose(find_step_files(paths), wanted, max_trajectories_per_step, strict)
     if not chosen:
         raise ReportError(
-            "no trajectory files matched" + (f" --steps {steps}" if steps else "")
-            + " in " + ", ".join(str(p) for p in paths)
-        )
-
-    names = _unique_names([path for path, _ in chosen])
-    entries = [_embedded_file(n, r, gzip_data) for n, (_, r) in zip(names, chosen)]
-    if include_run_files:
-        entries += [_embedded_file(n, text, gzip_data) for n, text in _run_metadata(paths)]
-    payload: dict = {"files": entries}
-    if title:
-        payload["title"] = title
+            ("no trajectory file could be shown: " + "; ".join(str(e) for e in errors[:5]) if errors else
+             "no trajectory files matched" + (f" --steps {steps}" if steps else "") + " in " + ", ".join(map(str, paths))))
+    try:
+        payload = _payload(paths, chosen, gzip_data, title, include_run_files)
+        embedded_json = script_safe_json(payload)
+    except TypeError:  # a file nested deeper than orjson writes (254 levels): left out, named
+        chosen = _embeddable(chosen, errors)
+        if not chosen:
+            raise ReportError("no trajectory file could be shown: " + "; ".join(str(e) for e in errors[:5])) from None
+        payload = _payload(paths, chosen, gzip_data, title, include_run_files)
+        embedded_json = script_safe_json(payload)
 
     head, tail = _split_for_hook(viewer_html)
     env = jinja2.Environment(
@@ -241,25 +238,81 @@ def build_report(
         # script-block context by script_safe_json (HTML-escaping would corrupt the JSON).
         autoescape=False,
     )
-    html = env.get_template("report.html.j2").render(
-        viewer_head=head, viewer_tail=tail, embedded_json=script_safe_json(payload)
-    )
+    html = env.get_template("report.html.j2").render(viewer_head=head, viewer_tail=tail, embedded_json=embedded_json)
     info = {
-        "files": [entry["name"] for entry in entries],
-        "num_records": sum(len(r) for _, r in chosen),
+        "files": [entry["name"] for entry in payload["files"]],
+        "num_records": sum(shown for _, _, shown in chosen),
         "viewer": viewer_where,
+        "notices": notices,
+        "errors": errors,
     }
     return html, info
 
 
-def write_report(paths, output, warn_bytes: int | None = None, **kwargs) -> dict:
+def _choose(found, wanted, max_per_step, strict: bool):
+    """(path, data to embed, how many records the viewer shows of it) of each file to show, the
+    viewer's notices, and the files refused."""
+    chosen, notices, errors = [], [], []
+    for step, path in found:
+        if wanted is not None and step is not None and step not in wanted:
+            continue  # skipped without reading it
+        if strict:
+            data = load_trajectories(path)  # TrajectoryFormatError: every problem, by file, record, field
+            kept, steps = list(range(len(data))), [r.get("global_step") for r in data]
+        else:
+            try:
+                read = read_lenient(path, records=False)
+            except UnreadableFile as error:
+                errors.append(Problem(str(path), None, None, error.reason))
+                continue
+            data, kept, steps = read.data, read.kept, read.steps
+            if not data and read.step is None:
+                notices.extend(read.notices)  # "nothing to show"
+                continue
+        if wanted is not None and step is None and not any(s in wanted for s in steps):
+            continue  # no step in the name: decided by the records' own global_step
+        if not strict:
+            notices.extend(read.notices)
+        if max_per_step is not None and len(kept) > max_per_step:
+            data, kept = [data[i] for i in kept[:max_per_step]], kept[:max_per_step]
+        chosen.append((path, data, len(kept)))  # the records the viewer shows, of the data embedded
+    return chosen, notices, errors
+
+
+def _payload(paths, chosen, gzip_data: bool, title, include_run_files: bool) -> dict:
+    names = _unique_names([path for path, _, _ in chosen])
+    entries = [_embedded_file(n, data, gzip_data) for n, (_, data, _) in zip(names, chosen)]
+    if include_run_files:
+        entries += [_embedded_file(n, text, gzip_data) for n, text in _run_metadata(paths)]
+    payload: dict = {"generator": "openrlhf-traj report", "files": entries}  # the mark: outputs.REPORT_MARK
+    if title:
+        payload["title"] = title
+    return payload
+
+
+def _embeddable(chosen: list, errors: list) -> list:
+    """The files of `chosen` that strict JSON can write; the others go to `errors`, named."""
+    kept = []
+    for path, data, shown in chosen:
+        try:
+            dumps_strict_json({"files": [{"data": data}]})  # as deep as it sits in the payload
+            kept.append((path, data, shown))
+        except TypeError as error:
+            errors.append(Problem(str(path), None, None, f"cannot be embedded: {error} (nested more than 254 levels?)"))
+    return kept
+
+
+def write_report(paths, output, warn_bytes: int | None = None, force: bool = False, **kwargs) -> dict:
     """Build the report (see build_report) and write it atomically to `output`.
 
-    Warns with LargeReportWarning when it is over `warn_bytes` (default LARGE_REPORT_BYTES,
-    20 MiB). Returns info with `size_bytes`.
+    Never writes over one of its inputs, nor (unless `force`) over an existing file that is not
+    a report written here (outputs.check_report_output). Warns with LargeReportWarning when it
+    is over `warn_bytes` (default LARGE_REPORT_BYTES, 20 MiB). Returns info with `size_bytes`.
     """
     if warn_bytes is None:
         warn_bytes = LARGE_REPORT_BYTES
+    files = [p for _, p in find_step_files(paths)]
+    check_report_output(output, files + [f.parent / name for f in files for name in (MANIFEST_FILE, SUMMARY_FILE)], force)
     html, info = build_report(paths, **kwargs)
     data = html.encode("utf-8")
     info["size_bytes"] = len(data)

@@ -1,8 +1,9 @@
 """The table of ``openrlhf-traj stats``: one row per step file, from the manifest when it is ours
 and from the saved records otherwise.
 
-Files may come from other tools: nothing here trusts a type, and a file that cannot be read is a
-row with its error, not a crash.
+Files may come from other tools: they are read as the viewer reads them (``read_lenient``), the
+manifest through the bounded reader, and a file that cannot be read is a row with its error, not
+a crash.
 """
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ from collections import Counter
 
 import numpy as np
 
-from ..files import MANIFEST_FILE, read_manifest
-from ..format import parse_json_file, resolve_step_files
+from ..format import Problem, read_lenient_files, read_manifest_entries, resolve_step_files
+from ..format.schema import writable_text
 from ..manifest_entry import entropy_summary
 
 COLUMNS = ("step", "responses", "saved", "tokens", "mean_entropy", "threshold", "p50", "p80", "p95", "reward_mean")
 HEADINGS = ("step", "resp", "saved", "tokens", "H mean", "thresh", "p50", "p80", "p95", "reward")
 
 
-def step_rows(path, top_words: int = 5) -> list[dict]:
+def step_rows(path, top_words: int = 5, notices: list[Problem] | None = None) -> list[dict]:
     """One dict per step file: what ``stats`` prints. The manifest (when it is ours) gives
-    the whole step's numbers; otherwise they come from the saved records alone.
+    the whole step's numbers; otherwise they come from the saved records alone. What the viewer
+    would note about a file (and an unreadable manifest) goes into ``notices`` when given.
 
     Example:
         >>> import tempfile
@@ -36,39 +38,40 @@ def step_rows(path, top_words: int = 5) -> list[dict]:
         (4, 2, 1.25, [('yes', 1)])
     """
     files = resolve_step_files(path)
-    manifest = {e.get("global_step"): e for e in read_manifest(files[0].parent / MANIFEST_FILE)}
+    entries, manifest_problems = read_manifest_entries(files[0].parent)
+    manifest = {e["global_step"]: e for e in entries
+                if isinstance(e.get("global_step"), int) and not isinstance(e["global_step"], bool)}
+    if notices is not None:
+        notices.extend(manifest_problems)
     rows = []
-    for file in files:
-        data, problems = parse_json_file(file)
-        if not isinstance(data, list):
-            rows.append({"file": file.name, "error": str(problems[0]) if problems else "not a list"})
+    for file, read, problem in read_lenient_files(files):
+        name = writable_text(file.name)  # a name that is not UTF-8 is printed and written as JSON too
+        if read is None:
+            rows.append({"file": name, "error": problem.message})
             continue
-        records = [r for r in data if isinstance(r, dict)]
-        step = next((r.get("global_step") for r in records if isinstance(r.get("global_step"), int)), None)
-        m = manifest.get(step) if isinstance(manifest.get(step), dict) else {}
-        rows.append(_row(file.name, step, records, m, top_words))
+        if notices is not None:
+            notices.extend(read.notices)
+        step = read.steps[0] if read.steps else read.step
+        rows.append(_row(name, step, read.records, manifest.get(step, {}), top_words))
     return rows
 
 
 def _row(name: str, step, records: list[dict], m: dict, top_words: int) -> dict:
     ents, words, rewards, n_tokens, thresholds = [], Counter(), [], 0, []
-    for r in records:
-        tokens = r.get("pure_generated_tokens") if isinstance(r.get("pure_generated_tokens"), list) else []
-        for t in tokens:
-            if not isinstance(t, dict):
-                continue
+    for r in records:  # FORMAT.md records (read_lenient): the types are the format's
+        for t in r["pure_generated_tokens"]:
             n_tokens += 1
-            s = t.get("entropy_score")
-            if isinstance(s, (int, float)) and not isinstance(s, bool):
-                ents.append(float(s))
-            if t.get("high_entropy") is True and isinstance(t.get("text"), str):
+            if t["entropy_score"] is not None:
+                ents.append(float(t["entropy_score"]))
+            if t["high_entropy"]:
                 words[t["text"].strip() or repr(t["text"])] += 1
-        info = r.get("info") if isinstance(r.get("info"), dict) else {}
-        if isinstance(info.get("reward"), (int, float)):
-            rewards.append(float(info["reward"]))
-        if isinstance(r.get("high_entropy_threshold"), (int, float)):
+        if r["info"]["reward"] is not None:
+            rewards.append(float(r["info"]["reward"]))
+        if r.get("high_entropy_threshold") is not None:
             thresholds.append(float(r["high_entropy_threshold"]))
-    ent = m.get("entropy") if isinstance(m.get("entropy"), dict) else entropy_summary(np.array(ents))
+    with np.errstate(all="ignore"):  # 1e308 entropies overflow the mean to inf: shown as such, not warned
+        ent = m.get("entropy") if isinstance(m.get("entropy"), dict) else entropy_summary(np.array(ents))
+        reward_mean = float(np.mean(rewards)) if rewards else None
     return {
         "step": step,
         "file": name,
@@ -80,7 +83,7 @@ def _row(name: str, step, records: list[dict], m: dict, top_words: int) -> dict:
         "p50": ent.get("p50"),
         "p80": ent.get("p80"),
         "p95": ent.get("p95"),
-        "reward_mean": m.get("reward_mean", float(np.mean(rewards)) if rewards else None),
+        "reward_mean": m.get("reward_mean", reward_mean),
         "fork_words": words.most_common(top_words),
     }
 
@@ -90,7 +93,7 @@ def _cell(x, width=8) -> str:
         return "-".rjust(width)
     if isinstance(x, float):
         return f"{x:.3f}".rjust(width)
-    return str(x).rjust(width)
+    return str(x)[:40].rjust(width)  # a manifest from anywhere may hold anything here
 
 
 def format_table(rows: list[dict]) -> list[str]:
