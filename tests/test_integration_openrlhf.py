@@ -189,6 +189,7 @@ def test_a_resumed_run_continues_the_step_numbers_and_redoes_the_later_steps(tmp
     earlier = TrajectorySaver(tmp_path / "trajectories", tok)
     for step in (1, 2, 3):
         earlier.save_step(step, rollouts.upstream_experiences(ro, micro=4, Experience=Experience))
+    earlier.close()  # the crashed run's process is gone, and its hold on the folder with it
 
     class ResumedActor(CPUPolicyActor):
         def init_model_from_pretrained(self, *args, **kwargs):

@@ -330,6 +330,7 @@ class TRLTrajectoryHook(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._flush(lambda step: True)
+        self.saver.close()  # a finished train() gives the folder back (a later write takes it again)
 
     def _flush(self, due) -> None:
         for step in sorted(s for s in self.pending if due(s)):

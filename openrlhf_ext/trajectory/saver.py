@@ -179,8 +179,8 @@ class TrajectorySaver:
 
     def _save_step(self, global_step: int, experiences, given_marks=None) -> dict:
         started = time.perf_counter()
+        batch = collect_step(experiences, self.layout)  # an experience it cannot read touches no file
         self._lock.acquire()
-        batch = collect_step(experiences, self.layout)
         marks, threshold = given_marks if given_marks is not None and self.mark_high_entropy else self._marks(batch)
         chosen = choose_responses(
             batch.group, batch.rewards, self.num_to_save, self.sampling, seed=self.seed + global_step,
