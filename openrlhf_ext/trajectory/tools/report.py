@@ -12,7 +12,8 @@ embedded-data hook
     </script>
 
 It goes at the end of the viewer's <head>, before the viewer's script reads it. When one run
-folder is given, its manifest.jsonl and summary.json go in too (the viewer's over-steps charts).
+folder is given, its manifest.jsonl, summary.json and probes_step_N.json files go in too (the
+viewer's over-steps charts and its prompt-across-steps view).
 The JSON is escaped for a script block (`script_safe_json`), so a token text such as
 `</script><script>alert(1)</script>` or `<!--` stays data. The page needs no network.
 
@@ -158,18 +159,23 @@ def find_step_files(paths) -> list[tuple[int | None, Path]]:
     return sorted(found, key=lambda item: (item[0] is None, item[0] or 0, str(item[1])))
 
 
-def _run_metadata(paths) -> list[tuple[str, str]]:
-    """(name, text) of manifest.jsonl and summary.json when exactly one run folder is given.
+_PROBE_FILE_RE = re.compile(r"^probes_step_(\d+)\.json$")
+
+
+def _run_metadata(paths, wanted=None) -> list[tuple[str, str]]:
+    """(name, text) of manifest.jsonl, summary.json and the probe files (probes_step_N.json of
+    the chosen steps: the viewer's prompt-across-steps view) when exactly one run folder is given.
 
     With several folders they would mix steps of different runs in the viewer, so they stay out.
-    The texts go in unparsed (the viewer reports a broken line itself); a file that is not UTF-8
-    is left out with a warning."""
+    The texts go in unparsed (the viewer reports a broken line or file itself); a file that is
+    not UTF-8 is left out with a warning."""
     folders = [Path(p) for p in paths if Path(p).is_dir()]
     if len(folders) != 1:
         return []
     folder = resolve_step_files(folders[0])[0].parent  # a save_path's trajectories/ too
+    probes = sorted((int(m.group(1)), p.name) for p in folder.iterdir() if (m := _PROBE_FILE_RE.match(p.name)))
     out = []
-    for name in (MANIFEST_FILE, SUMMARY_FILE):
+    for name in (MANIFEST_FILE, SUMMARY_FILE, *(n for k, n in probes if wanted is None or k in wanted)):
         path = folder / name
         if path.is_file():
             try:
@@ -201,7 +207,8 @@ def build_report(
     `steps`: "1,5,10-20" or a set; `max_trajectories_per_step`: keep the first N records of each
     file; `gzip_data`: embed each file gzip-compressed (the page inflates it with
     DecompressionStream), typically 5-10x smaller; `include_run_files`: with one run folder,
-    embed its manifest.jsonl and summary.json too (the viewer's charts over steps).
+    embed its manifest.jsonl, summary.json and the chosen steps' probes_step_N.json too (the
+    viewer's charts over steps and its prompt-across-steps view).
     """
     if max_trajectories_per_step is not None and max_trajectories_per_step < 1:
         raise ValueError("max_trajectories_per_step must be at least 1")
@@ -229,7 +236,7 @@ def build_report(
     names = _unique_names([path for path, _ in chosen])
     entries = [_embedded_file(n, r, gzip_data) for n, (_, r) in zip(names, chosen)]
     if include_run_files:
-        entries += [_embedded_file(n, text, gzip_data) for n, text in _run_metadata(paths)]
+        entries += [_embedded_file(n, text, gzip_data) for n, text in _run_metadata(paths, wanted)]
     payload: dict = {"files": entries}
     if title:
         payload["title"] = title
