@@ -50,6 +50,25 @@ def test_a_link_to_a_step_not_yet_read_opens_it(viewer, tmp_path):
     assert parsed(viewer) == ["trajectories_step_9.json"]
 
 
+def test_a_step_left_while_it_is_read_stops_reading(viewer, tmp_path):
+    big = [make_record(2, i, ["Q"], [(f" w{j}", (j % 50) / 20, -0.1) for j in range(3000)]) for i in range(40)]
+    mark_step(big)
+    run = write_run(tmp_path / "trajectories", {1: math_step(1), 2: big, 3: math_step(3)})
+    assert (run / "trajectories_step_2.json").stat().st_size > 15_000_000     # read a slice at a time
+    viewer.load(run, selector="#dir-input")
+    viewer.keyboard.press("n")                             # step 2's read starts...
+    viewer.keyboard.press("n")                             # ...and step 3 is wanted instead
+    viewer.wait_loaded()
+    assert "step 3 · trajectory #0" in viewer.inner_text(".pane .title")
+    # Long enough for step 2's whole read (about 1 s here) had it gone on in the background.
+    viewer.wait_for_timeout(5000)
+    assert parsed(viewer) == ["trajectories_step_1.json", "trajectories_step_3.json"]   # nothing of step 2 stays
+    assert viewer.eval_on_selector_all("#problems li", "els => els.map(e => e.textContent)") == []
+    viewer.keyboard.press("p")                             # and it reads whole when it is wanted
+    viewer.wait_loaded(timeout_s=60)
+    assert viewer.inner_text("#list-count") == "40 of 40"
+
+
 def probe_run(tmp_path, probe_steps=(1, 3, 5), extra_probe=None):
     steps = {k: math_step(k) for k in probe_steps}
     probes = {k: probe_step(k, PROBES) for k in probe_steps}
