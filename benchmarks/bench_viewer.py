@@ -2,9 +2,12 @@
 
     python benchmarks/bench_viewer.py [--sizes 10,100] [--lean-mb 100] [--repeat 3] [--data DIR]
     python benchmarks/bench_viewer.py --hostile [--baseline main] [--cap 120] [--bomb-gb 3]
+    python benchmarks/bench_viewer.py --run-gb 2 [--step-mb 50] [--baseline main] [--cap 240] [--rss-cap-gb 8]
 
 --hostile measures the hostile files of issue 8 instead (a 5 MB token, a gzip bomb) against the
 page of --baseline, in the same run: see benchmarks/viewer_hostile.py.
+--run-gb measures a whole run folder of that size (issue 11: first trajectory, another step
+picked, memory) against the page of --baseline, in the same run: see benchmarks/viewer_run.py.
 
 Generates trajectory files (benchmarks/gen_big_trajectories.py), opens each in headless Debian
 Chromium through the page's file input, and times, inside the page (performance.now()):
@@ -33,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from gen_big_trajectories import generate  # noqa: E402
 from viewer_hostile import run_hostile  # noqa: E402
+from viewer_run import run_folder_bench  # noqa: E402
 
 VIEWER = HERE.parent / "viewer" / "render_trajectories.html"
 NAIVE = HERE / "naive_viewer.html"
@@ -110,6 +114,10 @@ def main():
     ap.add_argument("--baseline", default="main", help="git revision whose viewer is the baseline of --hostile")
     ap.add_argument("--cap", type=float, default=120, help="--hostile: seconds a page may take on a case before it is stopped")
     ap.add_argument("--bomb-gb", type=float, default=3, help="--hostile: GiB of zeros the gzip bomb expands to")
+    ap.add_argument("--run-gb", type=float, default=0, help="a run folder of this many GB against --baseline instead")
+    ap.add_argument("--step-mb", type=int, default=50, help="--run-gb: MB per step file")
+    ap.add_argument("--rss-cap-gb", type=float, default=8, help="--run-gb: a page is stopped past this much RSS")
+    ap.add_argument("--keep-data", action="store_true", help="--run-gb: keep the generated folder")
     a = ap.parse_args()
     exe = shutil.which("chromium")
     if not exe:
@@ -118,6 +126,9 @@ def main():
     data_dir.mkdir(parents=True, exist_ok=True)
     if a.hostile:
         run_hostile(data_dir, a.baseline, a.cap, a.bomb_gb)
+        return
+    if a.run_gb:
+        run_folder_bench(data_dir, a.run_gb, a.step_mb, a.baseline, a.cap, a.rss_cap_gb, a.keep_data)
         return
     cases = [(f"{mb} MB", data_dir / f"full_{mb}mb" / "trajectories_step_1.json", mb, False) for mb in map(int, a.sizes.split(","))]
     if a.lean_mb:

@@ -4,8 +4,11 @@ Debian's `chromium` is driven by Playwright for Python (Playwright's own browser
 work offline). The tests skip only when no `chromium` is on PATH, and fail instead when
 OPENRLHF_EXT_REQUIRE_BROWSER=1 (set by .ci/run, which installs it with apt).
 """
+import functools
+import http.server
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -43,22 +46,52 @@ def page(browser):
     ctx.close()
 
 
+def wait_loaded(page, timeout_s=15):
+    """Until the viewer's latest load (files picked, a step opened) has drawn everything.
+    Polled from here: wait_for_function would eval() a string, which the page's CSP forbids."""
+    for _ in range(int(timeout_s * 40)):
+        if page.evaluate("() => window.__viewer.timings.loadEnd > (window.__lastLoad || 0)"):
+            break
+        page.wait_for_timeout(25)
+    else:
+        raise TimeoutError("the viewer did not finish loading")
+    page.evaluate("() => { window.__lastLoad = window.__viewer.timings.loadEnd; }")
+
+
+def _with_load(page):
+    def load(*paths, selector="#file-input", wait=True, timeout_s=15):
+        page.set_input_files(selector, [str(p) for p in paths])
+        if wait:
+            wait_loaded(page, timeout_s)
+    page.load = load
+    page.wait_loaded = lambda timeout_s=15: wait_loaded(page, timeout_s)
+    return page
+
+
 @pytest.fixture
 def viewer(page):
     """The viewer opened from its file; `viewer.load(*paths)` picks files through the real input."""
     page.goto(VIEWER.as_uri())
-
-    def load(*paths, selector="#file-input", wait=True, timeout_s=15):
-        page.set_input_files(selector, [str(p) for p in paths])
-        if wait:
-            # Polled from here: wait_for_function would eval() a string, which the page's CSP forbids.
-            for _ in range(int(timeout_s * 40)):
-                if page.evaluate("() => window.__viewer.timings.loadEnd > (window.__lastLoad || 0)"):
-                    break
-                page.wait_for_timeout(25)
-            else:
-                raise TimeoutError("the viewer did not finish loading")
-            page.evaluate("() => { window.__lastLoad = window.__viewer.timings.loadEnd; }")
-    page.load = load
-    yield page
+    yield _with_load(page)
     assert page.errors == [], page.errors     # no uncaught exception in the page, whatever the test did
+
+
+@pytest.fixture(scope="session")
+def viewer_url():
+    """The viewer served over http://127.0.0.1 (a secure context with an origin of its own, which
+    the origin-private file system needs; a file:// page has none)."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+    handler = functools.partial(Quiet, directory=str(VIEWER.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/{VIEWER.name}"
+    server.shutdown()
+
+
+@pytest.fixture
+def served_viewer(page, viewer_url):
+    page.goto(viewer_url)
+    yield _with_load(page)
+    assert page.errors == [], page.errors

@@ -114,3 +114,80 @@ def long_token_step(step=1, n_chars=5_000_000):
     recs = [make_record(step, 0, ["P"], [(" start", 0.5), (text, 2.0), (" end", 0.1)])]
     mark_step(recs, 0.34)
     return recs, text
+
+
+# ----------------------------------------------------------------------------- format version 2
+def with_v2(rec, prompt_id=None, rollout=None, alternatives=None, probe=None):
+    """Adds version 2 fields (shared/FORMAT.md) to a make_record record, in both token lists.
+
+    rollout(i, token) -> the rollout_logprob of response token i; alternatives: {i: [(id, text,
+    logprob), ...]} for response token i."""
+    n_prompt = len(rec["generated_tokens"]) - len(rec["pure_generated_tokens"])
+    for toks in (rec["pure_generated_tokens"], rec["generated_tokens"][n_prompt:]):
+        for i, tok in enumerate(toks):
+            if rollout is not None:
+                tok["rollout_logprob"] = rollout(i, tok)
+            if alternatives and i in alternatives:
+                tok["alternatives"] = [{"id": a, "text": t, "logprob": lp} for a, t, lp in alternatives[i]]
+    if prompt_id is not None:
+        rec["prompt_id"] = prompt_id
+    if probe is not None:
+        rec["probe"] = probe
+    return rec
+
+
+def manifest_line(step, records, file=None, **extra):
+    """A step's manifest line as the saver writes it, v2 keys computed here from the records:
+    fork_words (most frequent marked texts), logprob_mismatch (when rollout log-probs are there)."""
+    toks = [t for r in records for t in r["pure_generated_tokens"]]
+    ents = [t["entropy_score"] for t in toks if isinstance(t.get("entropy_score"), (int, float))]
+    forks = {}
+    for t in toks:
+        if t.get("high_entropy"):
+            forks[t["text"]] = forks.get(t["text"], 0) + 1
+    line = {"global_step": step, "file": file or f"trajectories_step_{step}.json", "num_responses": len(records),
+            "num_saved": len(records), "num_response_tokens": len(toks),
+            "entropy": {"mean": sum(ents) / len(ents)} if ents else {},
+            "reward_mean": sum(r["info"]["reward"] for r in records) / max(1, len(records)),
+            "fork_words": sorted(forks.items(), key=lambda kv: -kv[1])[:50]}
+    deltas = sorted(abs(t["logprob"] - t["rollout_logprob"]) for t in toks
+                    if isinstance(t.get("logprob"), float) and isinstance(t.get("rollout_logprob"), float))
+    if deltas:
+        line["logprob_mismatch"] = {"mean_abs": sum(deltas) / len(deltas),
+                                    "p95_abs": deltas[max(0, math.ceil(0.95 * len(deltas)) - 1)], "max_abs": deltas[-1]}
+    line.update(extra)
+    return line
+
+
+def write_run(folder, steps, probes=None, manifest=True, summary_version=2):
+    """A run folder: {step: records} as trajectories_step_N.json, {step: records} as probes_step_N.json,
+    manifest.jsonl (one line per step, probe_file where there is one) and summary.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probes = probes or {}
+    lines = []
+    for step, recs in sorted(steps.items()):
+        write_json(folder / f"trajectories_step_{step}.json", recs)
+        extra = {"probe_file": f"probes_step_{step}.json"} if step in probes else {}
+        lines.append(manifest_line(step, recs, file_bytes=(folder / f"trajectories_step_{step}.json").stat().st_size, **extra))
+    for step, recs in probes.items():
+        write_json(folder / f"probes_step_{step}.json", recs)
+    if manifest:
+        (folder / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    write_json(folder / "summary.json", {"format_version": summary_version, "latest_step": max(steps)})
+    return folder
+
+
+def probe_step(step, prompts, samples=2, seed=0):
+    """Responses to fixed probe prompts at one step: {prompt_id: prompt text}, `samples` each;
+    the answers (and so their fork words and rewards) change with the step."""
+    import random
+    rnd = random.Random(seed * 1000 + step)
+    recs = []
+    for g, (pid, prompt) in enumerate(prompts.items()):
+        for j in range(samples):
+            words = [" Wait" if step < 3 else " So", ",", f" {step}", " is", f" answer{j}", "."]
+            resp = [(w, round(2.5 - k * 0.3 + rnd.random() * 0.1, 4), -0.1 - k * 0.05) for k, w in enumerate(words)]
+            rec = make_record(step, len(recs), [prompt], resp, group_index=g, reward=float(j == 0 and step >= 3))
+            recs.append(with_v2(rec, prompt_id=pid, probe=True))
+    mark_step(recs, 0.2)
+    return recs

@@ -140,7 +140,8 @@ def test_run_folder_with_manifest_summary_and_gzip(viewer, tmp_path):
     write_json(run / "summary.json", {"format_version": 1, "latest_step": 12, "num_steps_written": 3})
     viewer.load(run, selector="#dir-input")
     steps = viewer.eval_on_selector_all("#steps li", "els => els.map(e => e.textContent)")
-    assert steps == ["step 26 traj", "step 106 traj", "step 12not loaded"]
+    # With a manifest, a step file is read when its step is opened: step 10 is on disk until then.
+    assert steps == ["step 26 traj", "step 10on disk", "step 12not loaded"]
     charts = viewer.inner_text("#charts")
     assert "0.778" in charts and "0.500" in charts           # the manifest's whole-step figures
     assert "latest_step: 12" in viewer.inner_text("#run-info")
@@ -149,6 +150,9 @@ def test_run_folder_with_manifest_summary_and_gzip(viewer, tmp_path):
     assert any("ignored" in t for _, t in problems(viewer))   # the npz trace is named as ignored
     viewer.keyboard.press("n")
     assert "0.667" in viewer.inner_text("#charts")
+    viewer.locator(".pane .tok").first.wait_for()
+    assert "step 10 · trajectory #0" in viewer.inner_text(".pane .title")
+    assert viewer.eval_on_selector_all("#steps li", "els => els.map(e => e.textContent)")[1] == "step 106 traj"
 
 
 def test_embedded_data_hook(page, tmp_path):

@@ -37,7 +37,7 @@ import jinja2
 
 from ..files import MANIFEST_FILE, SUMMARY_FILE, atomic_write_bytes, dumps_strict_json, step_of_file_name
 from ..format import Problem, UnreadableFile, load_trajectories, read_bytes, read_lenient, resolve_step_files
-from ..format.bounded import MAX_MANIFEST_BYTES, MAX_SUMMARY_BYTES
+from ..format.bounded import MAX_MANIFEST_BYTES, MAX_STEP_FILE_BYTES, MAX_SUMMARY_BYTES
 from ..format.schema import writable_text
 from .errors import ReportError
 from .outputs import check_report_output
@@ -162,8 +162,12 @@ def find_step_files(paths) -> list[tuple[int | None, Path]]:
     return sorted(found, key=lambda item: (item[0] is None, item[0] or 0, str(item[1])))
 
 
-def _run_metadata(paths) -> list[tuple[str, str]]:
-    """(name, text) of manifest.jsonl and summary.json when exactly one run folder is given.
+_PROBE_FILE_RE = re.compile(r"^probes_step_(\d+)\.json$")
+
+
+def _run_metadata(paths, wanted=None) -> list[tuple[str, str]]:
+    """(name, text) of manifest.jsonl, summary.json and the probe files (probes_step_N.json of
+    the chosen steps: the viewer's prompt-across-steps view) when exactly one run folder is given.
 
     With several folders they would mix steps of different runs in the viewer, so they stay out.
     The texts go in unparsed (the viewer reports a broken line itself), read through the bounded
@@ -173,7 +177,9 @@ def _run_metadata(paths) -> list[tuple[str, str]]:
         return []
     folder = resolve_step_files(folders[0])[0].parent  # a save_path's trajectories/ too
     out = []
-    for name, limit in ((MANIFEST_FILE, MAX_MANIFEST_BYTES), (SUMMARY_FILE, MAX_SUMMARY_BYTES)):
+    probes = sorted((int(m.group(1)), p.name) for p in folder.iterdir() if (m := _PROBE_FILE_RE.match(p.name)))
+    probe_files = [(n, MAX_STEP_FILE_BYTES) for k, n in probes if wanted is None or k in wanted]
+    for name, limit in ((MANIFEST_FILE, MAX_MANIFEST_BYTES), (SUMMARY_FILE, MAX_SUMMARY_BYTES), *probe_files):
         path = folder / name
         if path.exists() or path.is_symlink():
             try:
@@ -222,13 +228,13 @@ def build_report(
             ("no trajectory file could be shown: " + "; ".join(str(e) for e in errors[:5]) if errors else
              "no trajectory files matched" + (f" --steps {steps}" if steps else "") + " in " + ", ".join(map(str, paths))))
     try:
-        payload = _payload(paths, chosen, gzip_data, title, include_run_files)
+        payload = _payload(paths, chosen, gzip_data, title, include_run_files, wanted)
         embedded_json = script_safe_json(payload)
     except TypeError:  # a file nested deeper than orjson writes (254 levels): left out, named
         chosen = _embeddable(chosen, errors)
         if not chosen:
             raise ReportError("no trajectory file could be shown: " + "; ".join(str(e) for e in errors[:5])) from None
-        payload = _payload(paths, chosen, gzip_data, title, include_run_files)
+        payload = _payload(paths, chosen, gzip_data, title, include_run_files, wanted)
         embedded_json = script_safe_json(payload)
 
     head, tail = _split_for_hook(viewer_html)
@@ -279,11 +285,11 @@ def _choose(found, wanted, max_per_step, strict: bool):
     return chosen, notices, errors
 
 
-def _payload(paths, chosen, gzip_data: bool, title, include_run_files: bool) -> dict:
+def _payload(paths, chosen, gzip_data: bool, title, include_run_files: bool, wanted=None) -> dict:
     names = _unique_names([path for path, _, _ in chosen])
     entries = [_embedded_file(n, data, gzip_data) for n, (_, data, _) in zip(names, chosen)]
     if include_run_files:
-        entries += [_embedded_file(n, text, gzip_data) for n, text in _run_metadata(paths)]
+        entries += [_embedded_file(n, text, gzip_data) for n, text in _run_metadata(paths, wanted)]
     payload: dict = {"generator": "openrlhf-traj report", "files": entries}  # the mark: outputs.REPORT_MARK
     if title:
         payload["title"] = title
