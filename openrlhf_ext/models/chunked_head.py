@@ -186,7 +186,7 @@ def _forward(hidden, weight, bias, labels, inv_t, with_entropy, top_k, chunk_siz
         torch.exp(z, out=p)
         torch.sum(p, dim=1, out=sum_exp[s:e])
         if with_entropy:
-            sum_ez[s:e, None] = torch.bmm(p.unsqueeze(1), z.unsqueeze(2)).squeeze(2)  # one read, no (C, V) write
+            torch.sum(p.mul_(z), dim=1, out=sum_ez[s:e])
     row_max = row_max.squeeze(1)
     log_sum = sum_exp.log()
     lse = row_max + log_sum  # (N,) logsumexp(z)
@@ -227,9 +227,12 @@ class _ChunkedHead(torch.autograd.Function):
         mm = _Matmul(hidden, weight, bias, ctx.inv_t, chunk_size)
         g_buf = torch.empty(chunk_size, vocab, dtype=torch.float32, device=dev)  # (C, V) z, then dL/dz
         p_buf = torch.empty_like(g_buf)  # (C, V) p
-        zeros = torch.zeros(n, dtype=torch.float32, device=dev)
-        g_lp = zeros if g_lp is None else g_lp.float()  # (N,)
-        # dL/dz = g_lp (onehot - p) - g_ent p (log p + H) = -p (g_lp + g_ent (log p + H)) + g_lp onehot
+        g_lp = torch.zeros(n, dtype=torch.float32, device=dev) if g_lp is None else g_lp.float()  # (N,)
+        # dL/dz = g_lp (onehot - p) - g_ent p (log p + H) = p (a + b log p) + g_lp onehot, per row
+        # a = -(g_lp + g_ent H), b = -g_ent: one pass makes a + b log p, one more multiplies by p.
+        if g_ent is not None:
+            b = -g_ent.float()  # (N,)
+            a = (b * entropy).sub_(g_lp)  # (N,)
         labels = labels.reshape(-1, 1)
         for s in range(0, n, chunk_size):
             e = min(s + chunk_size, n)
@@ -239,9 +242,9 @@ class _ChunkedHead(torch.autograd.Function):
             g.sub_(lse[s:e, None]).clamp_(min=_MIN_SHIFTED_LOGIT)  # log p
             torch.exp(g, out=p)
             if g_ent is not None:
-                g.add_(entropy[s:e, None]).mul_(g_ent[s:e, None].float()).add_(g_lp[s:e, None]).mul_(p).neg_()
+                torch.addcmul(a[s:e, None], g, b[s:e, None], out=g).mul_(p)
             else:
-                torch.mul(p, g_lp[s:e, None], out=g).neg_()
+                torch.mul(p, g_lp[s:e, None].neg(), out=g)
             g.scatter_add_(1, labels[s:e], g_lp[s:e, None])
             if grad_b is not None:
                 grad_b.add_(g.sum(0), alpha=ctx.inv_t)
