@@ -1,0 +1,224 @@
+"""Peak memory and time of the actor's forward: the chunked head against the full-logits path.
+
+    python benchmarks/bench_actor_memory.py                       # CPU, fp32, 1x2048 and 4x4096
+    python benchmarks/bench_actor_memory.py --max_gib 6 --shapes 1x2048
+    python benchmarks/bench_actor_memory.py --device cuda --dtype bf16 --preset qwen2.5-1.5b \\
+        --shapes 8x4096 --gradient_checkpointing --max_gib 120
+
+A random-init model (default: a 1-layer Llama of Qwen's vocabulary, 151,936, hidden 64; the
+logits' size is tokens x vocab whatever the hidden size) scores B x A response tokens through
+`Actor(model, chunked=True)` (the new path) and `Actor(model, chunked=False)` (the model's full
+logits, then log-softmax and entropy: the old forward), without grad and with forward + backward of
+a loss that uses both log-probs and entropy. Each case runs in a fresh child process, so peaks do not
+mix: the peak is the RSS high-water mark above the RSS at the start of the case (the model and the
+inputs already built) on CPU, torch.cuda.max_memory_allocated above the allocated memory at the start
+on CUDA. It is printed as a % of the full fp32 logits' size (tokens x vocab x 4 B).
+
+A case whose predicted peak exceeds --max_gib is not run ("skipped: needs ~X GiB"); the child also
+runs under RLIMIT_AS (its address space at start + --max_gib + 1 GiB) so a wrong prediction fails
+the case instead of the machine. Time: the best of --repeats runs after one warm-up, and the ratio
+new / full when both ran.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+PRESETS = {
+    # hidden, intermediate, layers, heads, kv heads, tied: the logits' size depends on the vocab only
+    "tiny": dict(arch="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=2, tie_word_embeddings=False),
+    "qwen2.5-1.5b": dict(arch="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
+}
+PROMPT_LEN = 32
+GiB = 2**30
+
+
+def build_model(preset: str, vocab: int, dtype: torch.dtype, device: str, gradient_checkpointing: bool):
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    spec = dict(PRESETS[preset])
+    arch = spec.pop("arch")
+    config_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    cfg = config_cls(vocab_size=vocab, max_position_embeddings=16384, use_cache=False, **spec)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = model_cls(cfg).to(dtype)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def logits_bytes(batch: int, actions: int, vocab: int) -> int:
+    return batch * actions * vocab * 4
+
+
+def predicted_bytes(path: str, grad: bool, batch: int, actions: int, vocab: int, hidden: int) -> int:
+    """A generous guess of the case's peak, to skip what cannot fit: the full path was measured at
+    ~3.1x (no grad) and ~6.3x (grad) the fp32 logits; the chunked one at a few %, plus the head's
+    weight-sized gradient and float32 copies."""
+    logits = logits_bytes(batch, actions, vocab)
+    if path == "full":
+        return int(logits * (3.5 if not grad else 7.0))
+    return int(logits * (0.1 if not grad else 0.35)) + 3 * vocab * hidden * 4 + (256 << 20)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (VmHWM) of this process; False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes(hwm_reset: bool) -> int:
+    if hwm_reset:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_case(a) -> dict:
+    """One case in this (child) process: build, measure the start, run warm-up + repeats."""
+    from openrlhf_ext.models.actor import Actor
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+    model = build_model(a.preset, a.vocab, dtype, a.device, a.gradient_checkpointing)
+    actor = Actor(model, chunked=a.path == "chunked")
+    actor.train(a.grad)
+    b, n = a.batch, a.actions
+    g = torch.Generator().manual_seed(1)
+    sequences = torch.randint(0, a.vocab, (b, PROMPT_LEN + n), generator=g).to(a.device)  # (B, S)
+    attention_mask = torch.ones_like(sequences)  # (B, S)
+    advantages = torch.randn(b, n, generator=g).to(a.device)  # (B, A)
+
+    def step():
+        with torch.set_grad_enabled(a.grad):
+            log_probs, entropy = actor(sequences, attention_mask, n, temperature=a.temperature)
+            if a.grad:
+                # a policy-gradient term and an entropy bonus: gradients flow from both outputs
+                loss = -(log_probs * advantages).mean() - 0.01 * entropy.mean()
+                loss.backward()
+        if a.device == "cuda":
+            torch.cuda.synchronize()
+
+    if a.device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+    else:
+        # Address-space guard: a wrong prediction fails this case, not the machine.
+        with open("/proc/self/statm") as f:
+            vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        limit = vm + int((a.max_gib + 1) * GiB)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        start = rss_bytes()
+        hwm = reset_peak_rss()
+    times = []
+    for i in range(1 + a.repeats):
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        step()
+        if i:  # the first run warms up
+            times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() if a.device == "cuda" else peak_rss_bytes(hwm)) - start
+    return {"seconds": min(times), "peak_bytes": max(0, peak)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
+    ap.add_argument("--vocab", type=int, default=151_936)
+    ap.add_argument("--shapes", default="1x2048,4x4096", help="comma-separated BxA response-token shapes")
+    ap.add_argument("--modes", default="nograd,grad")
+    ap.add_argument("--paths", default="full,chunked")
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--max_gib", type=float, default=6.0, help="skip a case whose predicted peak is above this")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--gradient_checkpointing", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--path", help=argparse.SUPPRESS)
+    ap.add_argument("--grad", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--actions", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        print(json.dumps(run_case(a)))
+        return
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device here")
+    hidden = PRESETS[a.preset]["hidden_size"]
+    print(f"torch {torch.__version__}, {a.device}, {a.dtype}, preset {a.preset} (hidden {hidden}), vocab {a.vocab}, "
+          f"T={a.temperature}, {torch.get_num_threads()} threads, budget {a.max_gib} GiB")
+    print(f"{'shape':>8} {'mode':>7} {'path':>8} {'time s':>8} {'vs full':>8} {'peak':>10} {'% logits':>9}")
+    results = []
+    for shape in a.shapes.split(","):
+        b, n = (int(x) for x in shape.lower().split("x"))
+        for mode in a.modes.split(","):
+            row = {}
+            for path in a.paths.split(","):
+                need = predicted_bytes(path, mode == "grad", b, n, a.vocab, hidden)
+                r = {"shape": shape, "mode": mode, "path": path, "logits_bytes": logits_bytes(b, n, a.vocab)}
+                if need > a.max_gib * GiB:
+                    r["skipped"] = f"needs ~{need / GiB:.1f} GiB"
+                else:
+                    r.update(_child(a, path, mode == "grad", b, n))
+                row[path] = r
+                results.append(r)
+                _print_row(r, row.get("full"))
+    if a.json:
+        with open(a.json + ".tmp", "w") as f:
+            json.dump(results, f, indent=1)
+        os.replace(a.json + ".tmp", a.json)
+
+
+def _child(a, path: str, grad: bool, b: int, n: int) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--one", "--path", path, "--batch", str(b), "--actions", str(n),
+           "--device", a.device, "--dtype", a.dtype, "--preset", a.preset, "--vocab", str(a.vocab),
+           "--temperature", str(a.temperature), "--max_gib", str(a.max_gib), "--repeats", str(a.repeats)]
+    cmd += ["--grad"] * grad + ["--gradient_checkpointing"] * a.gradient_checkpointing
+    cmd += ["--threads", str(a.threads)] if a.threads else []
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"failed": f"exit {proc.returncode}: {tail[:120]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _print_row(r: dict, full: dict | None) -> None:
+    head = f"{r['shape']:>8} {r['mode']:>7} {r['path']:>8}"
+    if "seconds" not in r:
+        print(f"{head}   {r.get('skipped') or r.get('failed')}")
+        return
+    ratio = f"{r['seconds'] / full['seconds']:.2f}x" if full and "seconds" in full and r is not full else "-"
+    print(f"{head} {r['seconds']:>8.2f} {ratio:>8} {r['peak_bytes'] / 2**20:>8.0f}MB "
+          f"{100 * r['peak_bytes'] / r['logits_bytes']:>8.1f}%", flush=True)
+
+
+if __name__ == "__main__":
+    main()
