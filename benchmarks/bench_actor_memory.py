@@ -12,7 +12,9 @@ logits, then log-softmax and entropy: the old forward), without grad and with fo
 a loss that uses both log-probs and entropy. Each case runs in a fresh child process, so peaks do not
 mix: the peak is the RSS high-water mark above the RSS at the start of the case (the model and the
 inputs already built) on CPU, torch.cuda.max_memory_allocated above the allocated memory at the start
-on CUDA. It is printed as a % of the full fp32 logits' size (tokens x vocab x 4 B).
+on CUDA. It is printed as a % of the full fp32 logits' size (tokens x vocab x 4 B). On CPU the
+process's CPU time is printed beside the wall time: on a machine shared with other jobs it is the
+steadier of the two.
 
 A case whose predicted peak exceeds --max_gib is not run ("skipped: needs ~X GiB"); the child also
 runs under RLIMIT_AS (its address space at start + --max_gib + 1 GiB) so a wrong prediction fails
@@ -65,12 +67,12 @@ def logits_bytes(batch: int, actions: int, vocab: int) -> int:
 
 def predicted_bytes(path: str, grad: bool, batch: int, actions: int, vocab: int, hidden: int) -> int:
     """A generous guess of the case's peak, to skip what cannot fit: the full path was measured at
-    ~3.1x (no grad) and ~6.3x (grad) the fp32 logits; the chunked one at a few %, plus the head's
-    weight-sized gradient and float32 copies."""
+    ~3.1x (no grad) and ~6.3x (grad) the fp32 logits; the chunked one holds a tile, the head's
+    weight-sized gradients and float32 copies, and the decoder's activations (~1 MB a token at most here)."""
     logits = logits_bytes(batch, actions, vocab)
     if path == "full":
         return int(logits * (3.5 if not grad else 7.0))
-    return int(logits * (0.1 if not grad else 0.35)) + 3 * vocab * hidden * 4 + (256 << 20)
+    return 4 * vocab * hidden * 4 + batch * actions * (1 << 20) + (512 << 20)
 
 
 def rss_bytes() -> int:
@@ -135,15 +137,16 @@ def run_case(a) -> dict:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         start = rss_bytes()
         hwm = reset_peak_rss()
-    times = []
+    times, cpu_times = [], []
     for i in range(1 + a.repeats):
         model.zero_grad(set_to_none=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         if i:  # the first run warms up
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
     peak = (torch.cuda.max_memory_allocated() if a.device == "cuda" else peak_rss_bytes(hwm)) - start
-    return {"seconds": min(times), "peak_bytes": max(0, peak)}
+    return {"seconds": min(times), "cpu_seconds": min(cpu_times), "peak_bytes": max(0, peak)}
 
 
 def main():
@@ -175,7 +178,8 @@ def main():
     hidden = PRESETS[a.preset]["hidden_size"]
     print(f"torch {torch.__version__}, {a.device}, {a.dtype}, preset {a.preset} (hidden {hidden}), vocab {a.vocab}, "
           f"T={a.temperature}, {torch.get_num_threads()} threads, budget {a.max_gib} GiB")
-    print(f"{'shape':>8} {'mode':>7} {'path':>8} {'time s':>8} {'vs full':>8} {'peak':>10} {'% logits':>9}")
+    print(f"{'shape':>8} {'mode':>7} {'path':>8} {'time s':>8} {'vs full':>8} {'cpu s':>8} {'vs full':>8} "
+          f"{'peak':>10} {'% logits':>9}")
     results = []
     for shape in a.shapes.split(","):
         b, n = (int(x) for x in shape.lower().split("x"))
@@ -215,9 +219,10 @@ def _print_row(r: dict, full: dict | None) -> None:
     if "seconds" not in r:
         print(f"{head}   {r.get('skipped') or r.get('failed')}")
         return
-    ratio = f"{r['seconds'] / full['seconds']:.2f}x" if full and "seconds" in full and r is not full else "-"
-    print(f"{head} {r['seconds']:>8.2f} {ratio:>8} {r['peak_bytes'] / 2**20:>8.0f}MB "
-          f"{100 * r['peak_bytes'] / r['logits_bytes']:>8.1f}%", flush=True)
+    def ratio(key):
+        return f"{r[key] / full[key]:.2f}x" if full and "seconds" in full and r is not full else "-"
+    print(f"{head} {r['seconds']:>8.2f} {ratio('seconds'):>8} {r['cpu_seconds']:>8.2f} {ratio('cpu_seconds'):>8} "
+          f"{r['peak_bytes'] / 2**20:>8.0f}MB {100 * r['peak_bytes'] / r['logits_bytes']:>8.1f}%", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,9 +36,10 @@ def close(got, want, tol=TOL):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(0, 19), hdim=st.integers(1, 9), vocab=st.integers(2, 60), chunk=st.integers(1, 7),
+@given(n=st.integers(0, 19), hdim=st.integers(1, 9), vocab=st.integers(2, 60), rows=st.integers(1, 7),
+       cols=st.integers(1, 70),
        temperature=st.sampled_from([0.3, 0.7, 1.0, 1.6]), with_bias=st.booleans(), seed=st.integers(0, 2**16))
-def test_values_and_gradients_match_float64(n, hdim, vocab, chunk, temperature, with_bias, seed):
+def test_values_and_gradients_match_float64(n, hdim, vocab, rows, cols, temperature, with_bias, seed):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, hdim, generator=g).mul_(2).requires_grad_()
     weight = torch.randn(vocab, hdim, generator=g).requires_grad_()
@@ -46,7 +47,7 @@ def test_values_and_gradients_match_float64(n, hdim, vocab, chunk, temperature, 
     labels = torch.randint(0, vocab, (n,), generator=g)
     g_lp, g_ent = torch.randn(n, generator=g), torch.randn(n, generator=g)
     k = min(3, vocab)
-    out = chunked_head(hidden, weight, bias, labels, temperature=temperature, top_k=k, chunk_size=chunk)
+    out = chunked_head(hidden, weight, bias, labels, temperature=temperature, top_k=k, tile=(rows, cols))
     assert out.log_probs.dtype == out.entropy.dtype == torch.float32 and out.log_probs.shape == (n,)
     ((out.log_probs * g_lp).sum() + (out.entropy * g_ent).sum()).backward()
 
@@ -67,7 +68,7 @@ def test_gradient_from_log_probs_alone_and_no_entropy():
     torch.manual_seed(0)
     hidden, weight = torch.randn(9, 4, requires_grad=True), torch.randn(30, 4, requires_grad=True)
     labels = torch.randint(0, 30, (9,))
-    out = chunked_head(hidden, weight, None, labels, temperature=0.8, with_entropy=False, chunk_size=4)
+    out = chunked_head(hidden, weight, None, labels, temperature=0.8, with_entropy=False, tile=(4, 7))
     assert out.entropy is None and out.top_ids is None
     out.log_probs.sum().backward()
     lp, _, _, (h, w, _) = reference_head(hidden, weight, None, labels, 0.8)
@@ -88,11 +89,14 @@ def test_no_grad_results_carry_no_graph_and_equal_the_grad_path():
 
 def test_masked_vocabulary_and_one_hot_rows():
     hidden = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    bias = torch.tensor([float("-inf"), 0.0, 0.0])  # token 0 is masked out: uniform over 1 and 2
+    for tile in ((2, 3), (1, 1)):  # (1, 1): a row's first tile can be all -inf
+        out = chunked_head(hidden, torch.zeros(3, 2), bias, torch.tensor([1, 2]), tile=tile)
+        assert torch.allclose(out.entropy, torch.log(torch.tensor(2.0)).expand(2))
+        assert torch.allclose(out.log_probs, torch.log(torch.tensor(0.5)).expand(2))
+    nowhere = chunked_head(hidden, torch.zeros(3, 2), torch.full((3,), float("-inf")), torch.tensor([0, 1]), tile=(1, 1))
+    assert torch.isnan(nowhere.entropy).all()  # only -inf logits: no distribution
     weight = torch.tensor([[0.0, 0.0], [0.0, 0.0], [200.0, 0.0]])
-    bias = torch.tensor([0.0, 0.0, float("-inf")])  # token 2 is masked out
-    out = chunked_head(hidden, weight, bias, torch.tensor([0, 1]))
-    assert torch.allclose(out.entropy, torch.log(torch.tensor(2.0)).expand(2))
-    assert torch.allclose(out.log_probs, torch.log(torch.tensor(0.5)).expand(2))
     one_hot = chunked_head(hidden, weight, None, torch.tensor([2, 2]))  # row 0: token 2 at +200
     assert one_hot.entropy[0].item() == 0.0 and one_hot.log_probs[0].item() == 0.0
 
@@ -102,7 +106,7 @@ def test_bf16_weights_are_computed_in_float32():
     hidden = torch.randn(20, 16).bfloat16().requires_grad_()
     weight = (torch.randn(500, 16) * 3).bfloat16().requires_grad_()
     labels = torch.randint(0, 500, (20,))
-    out = chunked_head(hidden, weight, None, labels, temperature=0.7, chunk_size=6)
+    out = chunked_head(hidden, weight, None, labels, temperature=0.7, tile=(6, 128))
     (out.log_probs.sum() + out.entropy.sum()).backward()
     lp, ent, _, (h, w, _) = reference_head(hidden, weight, None, labels, 0.7)
     (lp.sum() + ent.sum()).backward()
@@ -155,8 +159,9 @@ def batch(vocab, b=3, prompt=5, actions=7, seed=0):
 
 
 def test_the_actor_never_makes_a_tensor_of_the_logits_size(monkeypatch):
-    vocab, actions, chunk_rows = 5000, 64, 8
-    monkeypatch.setattr(chunked_head_module, "CPU_CHUNK_BYTES", chunk_rows * vocab * 4)
+    vocab, actions, tile = 5000, 64, (8, 1000)
+    monkeypatch.setattr(chunked_head_module, "CPU_TILE_BYTES", tile[0] * tile[1] * 4 // torch.get_num_threads())
+    monkeypatch.setattr(chunked_head_module, "CPU_MIN_VOCAB_TILE", tile[1])
     model = tiny_llama(vocab=vocab, hidden=16)
     sequences, mask, _ = batch(vocab, b=2, prompt=4, actions=actions)
     n_logits = 2 * actions * vocab
@@ -168,7 +173,7 @@ def test_the_actor_never_makes_a_tensor_of_the_logits_size(monkeypatch):
             (log_probs.sum() + entropy.sum()).backward()
         sizes[chunked] = seen.largest
     assert sizes[False] >= n_logits  # the full-logits path does (so the check can fail)
-    assert sizes[True] <= max(chunk_rows * vocab, vocab * 16) < n_logits / 2
+    assert sizes[True] <= vocab * 16 < n_logits / 2  # the weight's gradient is the largest tensor
 
 
 @pytest.mark.parametrize("arch,tied,extra", [
