@@ -65,14 +65,24 @@ def logits_bytes(batch: int, actions: int, vocab: int) -> int:
     return batch * actions * vocab * 4
 
 
-def predicted_bytes(path: str, grad: bool, batch: int, actions: int, vocab: int, hidden: int) -> int:
-    """A generous guess of the case's peak, to skip what cannot fit: the full path was measured at
-    ~3.1x (no grad) and ~6.3x (grad) the fp32 logits; the chunked one holds a tile, the head's
-    weight-sized gradients and float32 copies, and the decoder's activations (~1 MB a token at most here)."""
-    logits = logits_bytes(batch, actions, vocab)
+def predicted_bytes(path: str, grad: bool, batch: int, actions: int, a) -> int:
+    """A generous guess of the case's peak, to skip what cannot fit. The full path was measured at
+    ~3.1x (no grad) and ~6.3x (grad) the fp32 logits. Either path also holds the decoder's
+    activations (all layers' with grad, one layer's without or with checkpointing, and an attention
+    matrix in case the attention kernel makes one), the parameters' gradients, and for the chunked
+    one a few weight-sized float32 copies and gradients of the head."""
+    spec = PRESETS[a.preset]
+    h, inter, layers = spec["hidden_size"], spec["intermediate_size"], spec["num_hidden_layers"]
+    tokens, seq = batch * (PROMPT_LEN + actions), PROMPT_LEN + actions
+    per_layer = (24 * h + 8 * inter) * 4  # bytes per token of one layer's activations, float32
+    keep = layers * per_layer if grad and not a.gradient_checkpointing else per_layer + layers * h * 4 * grad
+    attention = batch * spec["num_attention_heads"] * seq * seq * 4
+    params = (a.vocab * h * (1 if spec["tie_word_embeddings"] else 2) + layers * (4 * h * h + 3 * h * inter)) * 4
+    common = tokens * keep + attention + params * grad + (512 << 20)
+    logits = logits_bytes(batch, actions, a.vocab)
     if path == "full":
-        return int(logits * (3.5 if not grad else 7.0))
-    return 4 * vocab * hidden * 4 + batch * actions * (1 << 20) + (512 << 20)
+        return int(logits * (3.5 if not grad else 7.0)) + common
+    return 4 * a.vocab * h * 4 + common
 
 
 def rss_bytes() -> int:
@@ -186,7 +196,7 @@ def main():
         for mode in a.modes.split(","):
             row = {}
             for path in a.paths.split(","):
-                need = predicted_bytes(path, mode == "grad", b, n, a.vocab, hidden)
+                need = predicted_bytes(path, mode == "grad", b, n, a)
                 r = {"shape": shape, "mode": mode, "path": path, "logits_bytes": logits_bytes(b, n, a.vocab)}
                 if need > a.max_gib * GiB:
                     r["skipped"] = f"needs ~{need / GiB:.1f} GiB"
