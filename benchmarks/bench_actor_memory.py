@@ -4,6 +4,7 @@
     python benchmarks/bench_actor_memory.py --max_gib 6 --shapes 1x2048
     python benchmarks/bench_actor_memory.py --device cuda --dtype bf16 --preset qwen2.5-1.5b \\
         --shapes 8x4096 --gradient_checkpointing --max_gib 120
+    python benchmarks/bench_actor_memory.py --exactness [--device cuda]   # errors against float64
 
 A random-init model (default: a 1-layer Llama of Qwen's vocabulary, 151,936, hidden 64; the
 logits' size is tokens x vocab whatever the hidden size) scores B x A response tokens through
@@ -159,6 +160,48 @@ def run_case(a) -> dict:
     return {"seconds": min(times), "cpu_seconds": min(cpu_times), "peak_bytes": max(0, peak)}
 
 
+def exactness(a) -> list[dict]:
+    """The chunked head against a float64 recomputation on this device: max abs error of log-probs,
+    entropies, top-5 log-probs and (abs, and relative to the largest entry) of the hidden states'
+    and weight's gradients, for fp32 and bf16 inputs at two temperatures."""
+    from openrlhf_ext.models.chunked_head import _mixed_mm_works, chunked_head
+
+    dev = a.device
+    n, h, vocab = (2048, 1536, a.vocab) if dev == "cuda" else (256, 64, 32_000)
+    print(f"exactness vs float64 on {dev}: {n} tokens, hidden {h}, vocab {vocab}")
+    print(f"{'dtype':>6} {'T':>4} {'GEMM':>12} {'log-prob':>9} {'entropy':>9} {'top-5':>9} "
+          f"{'grad h':>9} {'(rel)':>8} {'grad W':>9} {'(rel)':>8}")
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for t in (0.6, 1.0):
+            torch.manual_seed(0)
+            hidden = torch.randn(n, h, device=dev).to(dtype).requires_grad_()
+            weight = (torch.randn(vocab, h, device=dev) * (4 / h**0.5)).to(dtype).requires_grad_()  # logits ~ N(0, 16)
+            labels = torch.randint(0, vocab, (n,), device=dev)
+            g_lp, g_ent = torch.randn(n, device=dev), torch.randn(n, device=dev)
+            out = chunked_head(hidden, weight, None, labels, temperature=t, top_k=5)
+            ((out.log_probs * g_lp).sum() + (out.entropy * g_ent).sum()).backward()
+            h64, w64 = hidden.detach().double().requires_grad_(), weight.detach().double().requires_grad_()
+            logp = torch.log_softmax(h64 @ w64.T / t, -1)
+            lp, ent = logp.gather(1, labels[:, None]).squeeze(1), -(logp.exp() * logp).sum(-1)
+            ((lp * g_lp.double()).sum() + (ent * g_ent.double()).sum()).backward()
+            top = logp.detach().topk(5, dim=-1).values
+
+            def err(x, ref):
+                return (x.double() - ref).abs().max().item()
+            gemm = "fp32" if dtype == torch.float32 else (
+                "half->fp32" if dev == "cuda" and _mixed_mm_works(weight.device, dtype) else "fp32 copy")
+            r = {"dtype": str(dtype).split(".")[-1], "T": t, "gemm": gemm, "log_prob": err(out.log_probs, lp),
+                 "entropy": err(out.entropy, ent), "top5": err(out.top_logprobs, top),
+                 "grad_h": err(hidden.grad, h64.grad), "grad_h_rel": err(hidden.grad, h64.grad) / h64.grad.abs().max().item(),
+                 "grad_w": err(weight.grad, w64.grad), "grad_w_rel": err(weight.grad, w64.grad) / w64.grad.abs().max().item()}
+            rows.append(r)
+            print(f"{r['dtype']:>6} {t:>4} {gemm:>12} {r['log_prob']:>9.1e} {r['entropy']:>9.1e} {r['top5']:>9.1e} "
+                  f"{r['grad_h']:>9.1e} {r['grad_h_rel']:>8.1e} {r['grad_w']:>9.1e} {r['grad_w_rel']:>8.1e}", flush=True)
+            del logp, h64, w64
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -174,6 +217,8 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--gradient_checkpointing", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--exactness", action="store_true",
+                    help="instead: errors of the chunked head against float64 on --device (fp32 and bf16)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     ap.add_argument("--grad", action="store_true", help=argparse.SUPPRESS)
@@ -185,6 +230,9 @@ def main():
         return
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
+    if a.exactness:
+        _write_json(a.json, exactness(a))
+        return
     hidden = PRESETS[a.preset]["hidden_size"]
     print(f"torch {torch.__version__}, {a.device}, {a.dtype}, preset {a.preset} (hidden {hidden}), vocab {a.vocab}, "
           f"T={a.temperature}, {torch.get_num_threads()} threads, budget {a.max_gib} GiB")
@@ -205,10 +253,14 @@ def main():
                 row[path] = r
                 results.append(r)
                 _print_row(r, row.get("full"))
-    if a.json:
-        with open(a.json + ".tmp", "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(a.json + ".tmp", a.json)
+    _write_json(a.json, results)
+
+
+def _write_json(path: str | None, data) -> None:
+    if path:
+        with open(path + ".tmp", "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(path + ".tmp", path)
 
 
 def _child(a, path: str, grad: bool, b: int, n: int) -> dict:
