@@ -2,7 +2,8 @@
 
 A few PPO steps without Ray: the experience forward (old log-probs, entropy, the reference's
 log-probs), group-normalised advantages, the 80/20 high-entropy token mask, then the update's
-`actor_loss` (clipped policy loss + k3 KL loss - entropy bonus) and a plain torch Adam, once with
+per-micro-batch loss (`ray.update.policy_micro_batch_loss`: clipped policy loss + k3 KL loss -
+entropy bonus) and a plain torch Adam, once with
 `Actor(chunked=False)` (the old full-logits forward) and once with the chunked one, from the same
 weights on the same batches.
 """
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 from openrlhf_ext.models.actor import Actor
-from openrlhf_ext.trainer.advantages import compute_advantages, high_entropy_loss_mask
-from openrlhf_ext.trainer.update import actor_loss
+from openrlhf_ext.algo.advantages import compute_advantages
+from openrlhf_ext.algo.losses import high_entropy_loss_mask
+from openrlhf_ext.ray.update import policy_micro_batch_loss
 from tests.test_actor_chunked import batch, tiny_llama
 
 ARGS = types.SimpleNamespace(temperature=0.8, entropy_loss_coef=0.01, use_kl_loss=True, init_kl_coef=0.1,
@@ -43,7 +45,7 @@ def train(model, chunked: bool, steps: int = 3) -> list[dict]:
                    base_action_log_probs=ref_lp, advantages=adv, loss_mask=loss_mask)
         for rows in (slice(0, 2), slice(2, 4)) * 2:  # the second epoch's ratios are off 1: clipping
             mb = {k: v[rows] for k, v in exp.items()}
-            loss, stats = actor_loss(actor, mb, ARGS)
+            loss, stats = policy_micro_batch_loss(actor, mb, ARGS)
             opt.zero_grad()
             loss.backward()
             opt.step()
