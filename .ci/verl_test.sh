@@ -9,14 +9,8 @@
 # Cost measured on a 2-core CPU machine: see docs/integrations.md ("verl").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${1:-${OPENRLHF_EXT_VERL_VENV:-/tmp/openrlhf-ext-verl-venv}}"
-start=$(date +%s)
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-fi
-PY="$VENV/bin/python"
-"$PY" -m pip install -q --upgrade pip
-"$PY" -m pip install -q "torch==2.13.0"
+source .ci/venv.sh
+new_venv "${1:-${OPENRLHF_EXT_VERL_VENV:-/tmp/openrlhf-ext-verl-venv}}"
 # verl 0.9.1 imports cachetools, fastapi and uvicorn in RayPPOTrainer's module without requiring them.
 "$PY" -m pip install -q "verl==0.9.1" cachetools fastapi uvicorn   # the version the tests ran on (0.7.0 passed by hand too)
 # The project itself; its requirements (transformers >= 4.46, ...) are already met by verl's.

