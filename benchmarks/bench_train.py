@@ -4,8 +4,9 @@
     python benchmarks/bench_train.py --probes       # also a run with probe prompts (8 x 4 every 4 steps)
     python benchmarks/bench_train.py --steps 20 -- --pretrain /path/to/model ...   # extra trainer flags
 
-Runs the same training three times (four with --probes) in one process: without the trajectory flags (the baseline),
-with them (16 records per step, high-entropy marks), and with --save_entropy_trace as well,
+Runs the same training three times (four with --probes) in one process: without the trajectory
+flags (the baseline), with them (16 records per step, high-entropy marks), and with
+--save_entropy_trace as well,
 and prints for each: steps/s and tokens/s over the timed steps (the first step is warm-up and is
 left out), the mean time of every stage, and for the saving run the saver's share of the step time
 (target: under 2%; the saving runs write format v2: alternatives on marked tokens, rollout
