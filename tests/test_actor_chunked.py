@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from openrlhf_ext.models import actor as actor_module
 from openrlhf_ext.models import chunked_head as chunked_head_module
 from openrlhf_ext.models.actor import Actor
 from openrlhf_ext.models.chunked_head import chunked_head
@@ -230,8 +231,9 @@ def test_actor_forward_api_and_bf16_model():
     assert close(log_probs[real], want_lp[real]) and close(entropy[real], want_ent[real])
 
 
-def test_docstring_example_runs():
-    result = doctest.testmod(chunked_head_module, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("module", [chunked_head_module, actor_module])
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -1,7 +1,8 @@
 """The policy: a causal LM whose one forward gives the response tokens' log-probs AND entropies.
 
-    >>> actor = Actor.from_pretrained(path)                                      # doctest: +SKIP
-    >>> log_probs, entropy = actor(sequences, attention_mask, num_actions, temperature=1.0)  # doctest: +SKIP
+    actor = Actor.from_pretrained(path)
+    log_probs, entropy = actor(sequences, attention_mask, num_actions, temperature=1.0)  # (B, A) each
+    out = actor.score(sequences, attention_mask, num_actions, temperature=1.0, top_k=5)  # + alternatives
 
 Both come from the logits divided by the sampling temperature, at the positions that produced the
 response tokens: the distribution each token was drawn from. So the entropy the saver writes costs
@@ -103,13 +104,27 @@ class Actor(nn.Module):
     ) -> ActorOutput:
         """`forward`'s log-probs and entropy, plus the top-K alternatives when top_k > 0, from one pass.
 
-        Example:
-            >>> out = actor.score(sequences, attention_mask, num_actions, temperature=0.7, top_k=5)  # doctest: +SKIP
-            >>> out.alternatives.ids.shape, out.alternatives.logprobs.shape  # doctest: +SKIP
-            (torch.Size([B, A, 5]), torch.Size([B, A, 5]))
-            >>> out.alternatives.logprobs[0, 3].exp()   # the 5 largest probabilities at slot 3  # doctest: +SKIP
+        The alternatives are the K most probable tokens of softmax(logits / temperature) at every
+        response slot, most probable first; they carry no gradient (log-probs and entropy do).
 
-        The alternatives carry no gradient; log-probs and entropy do (when grad is on).
+        Example (a random 1-layer Llama; 2 responses of 4 tokens, the second one 3 tokens long):
+            >>> from transformers import LlamaConfig, LlamaForCausalLM
+            >>> _ = torch.manual_seed(0)
+            >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=16, intermediate_size=32,
+            ...                                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))
+            >>> actor = Actor(model)
+            >>> sequences = torch.randint(1, 100, (2, 10))
+            >>> attention_mask = torch.ones_like(sequences)
+            >>> attention_mask[1, -1] = 0
+            >>> out = actor.score(sequences, attention_mask, num_actions=4, temperature=0.7, top_k=5)
+            >>> out.log_probs.shape, out.entropy.shape  # (B, A) float32
+            (torch.Size([2, 4]), torch.Size([2, 4]))
+            >>> out.alternatives.ids.shape, out.alternatives.logprobs.shape  # (B, A, K) long, float32
+            (torch.Size([2, 4, 5]), torch.Size([2, 4, 5]))
+            >>> bool((out.alternatives.logprobs[0].diff(dim=-1) <= 0).all())  # most probable first
+            True
+            >>> out.log_probs[1, -1].item(), out.alternatives.ids[1, -1].tolist()  # padding slot: zeros
+            (0.0, [0, 0, 0, 0, 0])
         """
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
