@@ -199,7 +199,7 @@ class TrajectorySaver:
 
     def _save_step(self, global_step: int, experiences, given_marks=None, probes=None) -> dict:
         started = time.perf_counter()
-        batch = collect_step(experiences, self.layout)  # before the lock: a layout error leaves no folder behind
+        batch = collect_step(experiences, self.layout)  # an experience it cannot read touches no file
         self._lock.acquire()
         marks, threshold = given_marks if given_marks is not None and self.mark_high_entropy else self._marks(batch)
         chosen = choose_responses(
