@@ -67,6 +67,7 @@ def add_trajectory_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                    help="write the K most probable tokens of the sampling distribution as a token's "
                         "alternatives (0: none; default 5); taken from the entropy's forward pass")
     g.add_argument("--alternatives_for", choices=ALTERNATIVES_FOR, default="high",
-                   help="which saved tokens get alternatives: the high-entropy ones (default) or all")
+                   help="which saved tokens get alternatives: the high-entropy ones (default; with "
+                        "--mark_high_entropy_tokens) or all")
     g.add_argument("--trajectory_strict", action="store_true", help="stop training when a trajectory file cannot be written")
     return parser
