@@ -119,6 +119,7 @@ def test_npz_round_trip_same_texts_and_marks_as_computed_directly(tmp_path, toke
         marks, threshold = expected_marks(arrays, 0.25)
         records = load_trajectories(out / entry["file"])  # the core's validating reader accepts it
         assert len(records) == entry["num_saved"] == 5
+        assert entry["file_bytes"] == (out / entry["file"]).stat().st_size
         assert entry["num_responses"] == 8
         assert entry["num_response_tokens"] == int(arrays["response_mask"].sum())
         assert entry["high_entropy_threshold"] == pytest.approx(threshold)

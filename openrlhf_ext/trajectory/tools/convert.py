@@ -271,7 +271,8 @@ def _write_steps(kind, src, out_dir, wanted, found, tokenizer, summary, progress
         except TypeError as error:  # a value orjson cannot write (nested over 254 levels)
             raise ConvertError(f"{label}: step {global_step} cannot be written as strict JSON: {error}") from None
         upsert_manifest(out_dir / MANIFEST_FILE, manifest_entry(
-            global_step, num_saved=num_saved, ratio=step_ratio, converted_from=label, **step_info))
+            global_step, num_saved=num_saved, ratio=step_ratio, converted_from=label,
+            file_bytes=(out_dir / step_file_name(global_step)).stat().st_size, **step_info))
         written.append(global_step)
         del data, records, step_info  # before the next step is loaded
         write_summary(out_dir, summary, created_at=created_at)
