@@ -9,7 +9,9 @@ table of inputs on which the viewer, ``report`` and ``convert`` must agree:
   level that is not an array, an array of which no record has a token list;
 - read with a notice: NaN/Infinity literals (read as null), records skipped (not an object, no
   token list), and values repaired: a list where a number was expected (its mean), a number
-  written as a string, a token that is not an object, a text or entropy of the wrong type, ...;
+  written as a string, a token that is not an object, a text or entropy of the wrong type, format
+  v2's values of the wrong type (``alternatives`` that are not a list or hold malformed entries, a
+  ``rollout_logprob`` that is null or not a number, a ``prompt_id`` that is not a string), ...;
   ``[]`` is a step with no trajectories, which the saver writes for an empty batch;
 - read as it is: what the viewer does not need, such as a missing ``generated_text`` or token
   texts that do not join to it (``validate`` reports those).
