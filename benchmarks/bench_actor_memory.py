@@ -1,7 +1,7 @@
 """Peak memory and time of the actor's forward: the chunked head against the full-logits path.
 
     python benchmarks/bench_actor_memory.py                       # CPU, fp32, 1x2048 and 4x4096
-    python benchmarks/bench_actor_memory.py --max_gib 6 --shapes 1x2048
+    python benchmarks/bench_actor_memory.py --shapes 1x2048 --max_gib 9 --rounds 2 --threads 1
     python benchmarks/bench_actor_memory.py --device cuda --dtype bf16 --preset qwen2.5-1.5b \\
         --shapes 8x4096 --gradient_checkpointing --max_gib 120
     python benchmarks/bench_actor_memory.py --exactness [--device cuda]   # errors against float64
@@ -236,7 +236,7 @@ def main():
         return
     hidden = PRESETS[a.preset]["hidden_size"]
     print(f"torch {torch.__version__}, {a.device}, {a.dtype}, preset {a.preset} (hidden {hidden}), vocab {a.vocab}, "
-          f"T={a.temperature}, {torch.get_num_threads()} threads, budget {a.max_gib} GiB")
+          f"T={a.temperature}, {a.threads or torch.get_num_threads()} threads, budget {a.max_gib} GiB")
     print(f"{'shape':>8} {'mode':>7} {'path':>8} {'time s':>8} {'vs full':>8} {'cpu s':>8} {'vs full':>8} "
           f"{'peak':>10} {'% logits':>9}")
     results = []
