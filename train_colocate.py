@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None):
     from openrlhf_ext.rewards import build_reward_fn
     from openrlhf_ext.trainer.checkpoint import latest_checkpoint_step
     from openrlhf_ext.trainer.ppo_trainer import PPOTrainer
+    from openrlhf_ext.trainer.probes import load_probe_prompts
     from openrlhf_ext.trajectory import TrajectorySaver
 
-    # 1. the model, its tokenizer, the prompts and the reward (all on the controller)
+    # 1. the model, its tokenizer, the prompts (less the probe prompts) and the reward (all on the controller)
     if args.pretrain is None:
         from openrlhf_ext.models.embedded import embedded_model_path
 
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None):
     tokenizer = AutoTokenizer.from_pretrained(args.pretrain)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    prompts = load_prompts(args, tokenizer)
+    prompts, probe_prompts = load_probe_prompts(args, tokenizer, load_prompts(args, tokenizer))
     reward_fn = None if args.reward_pretrain else build_reward_fn(args, tokenizer)
 
     # 2. the trajectory saver; on resume, first forget the trajectories of the steps to be redone
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None):
               f"ready in {t_ready - t_start:.1f} s; model {args.pretrain}")
 
         # 4. train
-        trainer = PPOTrainer(args, groups, tokenizer, prompts, reward_fn, saver)
+        trainer = PPOTrainer(args, groups, tokenizer, prompts, reward_fn, saver, probe_prompts)
         history = trainer.fit()
         trainer.save_model()
         print_summary(args, history, saver, time.perf_counter() - t_start)

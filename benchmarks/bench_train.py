@@ -1,13 +1,17 @@
 """Throughput of the main job and the trajectory saver's share of the step time.
 
     python benchmarks/bench_train.py                # embedded model, 12 steps, hf rollouts, CPU
+    python benchmarks/bench_train.py --probes       # also a run with probe prompts (8 x 4 every 4 steps)
     python benchmarks/bench_train.py --steps 20 -- --pretrain /path/to/model ...   # extra trainer flags
 
-Runs the same training three times in one process: without the trajectory flags (the baseline),
-with them (16 records per step, high-entropy marks), and with --save_entropy_trace as well,
+Runs the same training three times (four with --probes) in one process: without the trajectory
+flags (the baseline), with them (16 records per step, high-entropy marks), and with
+--save_entropy_trace as well,
 and prints for each: steps/s and tokens/s over the timed steps (the first step is warm-up and is
 left out), the mean time of every stage, and for the saving run the saver's share of the step time
-(target: under 2%). Start-up (Ray, DeepSpeed, model load) is reported apart.
+(target: under 2%; the saving runs write format v2: alternatives on marked tokens, rollout
+log-probs, fork words). With --probes, the probe stage's mean time over the steps that probe.
+Start-up (Ray, DeepSpeed, model load) is reported apart.
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-STAGES = ("generate", "score", "forward", "advantages", "save", "update", "sync")
+STAGES = ("generate", "score", "forward", "advantages", "probe", "save", "update", "sync")
+PROBES = ["--trajectory_probe_prompts", "8", "--trajectory_probe_samples", "4", "--trajectory_probe_steps", "4"]
 
 
 def run(steps: int, save: str, extra: list[str], folder: str) -> dict:
@@ -32,6 +37,8 @@ def run(steps: int, save: str, extra: list[str], folder: str) -> dict:
         argv += ["--save_trajectories", "--mark_high_entropy_tokens", "--num_trajectories_to_save", "16"]
     if save == "trace":
         argv += ["--save_entropy_trace"]
+    if save == "probes":
+        argv += PROBES
     t0 = time.perf_counter()
     trainer = train_colocate.main(argv)
     total = time.perf_counter() - t0
@@ -44,6 +51,7 @@ def run(steps: int, save: str, extra: list[str], folder: str) -> dict:
         "step_s_median": statistics.median(m["time/step"] for m in hist),
         "save_share": sum(m.get("time/save", 0.0) for m in hist) / step_time,
         "stages": {s: statistics.mean(m.get(f"time/{s}", 0.0) for m in hist) for s in STAGES},
+        "probe_s": statistics.mean([m["time/probe"] for m in trainer.history if "time/probe" in m] or [0.0]),
         "reward_first": trainer.history[0]["reward"], "reward_last": trainer.history[-1]["reward"],
     }
 
@@ -108,10 +116,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--trl", action="store_true",
                    help="also run TRL's GRPOTrainer on the same model/prompts/batch/generation length (needs trl)")
+    p.add_argument("--probes", action="store_true", help="also run with probe prompts (8 prompts x 4 every 4 steps)")
     p.add_argument("extra", nargs="*", help="flags passed to train_colocate.py (after --)")
     a = p.parse_args()
     results = {}
     runs = (("baseline (no saver)", ""), ("saver (16 records/step)", "records"), ("saver + entropy trace", "trace"))
+    runs += (("saver + probes (8x4/4 st)", "probes"),) if a.probes else ()
     for name, save in runs:
         folder = tempfile.mkdtemp(prefix="bench_train_")
         try:
@@ -136,7 +146,8 @@ def main() -> None:
     for name, _ in runs[1:]:
         r = results[name]
         print(f"{name}: saver share of step time {r['save_share']:.2%} (target < 2%); "
-              f"steps/s vs baseline {r['steps/s'] / base['steps/s']:.3f}")
+              f"steps/s vs baseline {r['steps/s'] / base['steps/s']:.3f}"
+              + (f"; probe stage {r['probe_s']:.3f} s per probe step" if r["probe_s"] else ""))
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ def test_npz_round_trip_same_texts_and_marks_as_computed_directly(tmp_path, toke
         marks, threshold = expected_marks(arrays, 0.25)
         records = load_trajectories(out / entry["file"])  # the core's validating reader accepts it
         assert len(records) == entry["num_saved"] == 5
+        assert entry["file_bytes"] == (out / entry["file"]).stat().st_size
         assert entry["num_responses"] == 8
         assert entry["num_response_tokens"] == int(arrays["response_mask"].sum())
         assert entry["high_entropy_threshold"] == pytest.approx(threshold)
@@ -129,7 +130,8 @@ def test_npz_round_trip_same_texts_and_marks_as_computed_directly(tmp_path, toke
                                      torch.from_numpy(steps[2]["response_mask"][:5]), 0.25)
     assert not np.array_equal(kept_only.numpy(), expected_marks(steps[2], 0.25)[0][:5])
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["format_version"] == 1 and summary["latest_step"] == 10 and summary["num_steps_written"] == 3
+    assert summary["format_version"] == 2 and summary["generator"] == "openrlhf_ext"
+    assert summary["latest_step"] == 10 and summary["num_steps_written"] == 3
 
 
 def test_saver_trace_round_trip_gives_the_savers_records(tmp_path, tokenizer, tokenizer_dir):
@@ -349,6 +351,11 @@ def test_unknown_sources_and_options_say_what_is_expected(tmp_path, tokenizer):
     # Ours, naming a hub model: never downloaded unless the user passes it.
     (tmp_path / "trace" / "summary.json").write_text('{"format_version": 1, "tokenizer": "Org/Model-7B"}')
     with pytest.raises(ConvertError, match="summary.json names 'Org/Model-7B', which is not a local path"):
+        convert(tmp_path / "trace", tmp_path / "out")
+    # Ours from format version 2 on: told apart from other trainers' (version 2 too) by its generator.
+    (tmp_path / "trace" / "summary.json").write_text(
+        '{"format_version": 2, "generator": "openrlhf_ext", "tokenizer": "Org/Model-8B"}')
+    with pytest.raises(ConvertError, match="summary.json names 'Org/Model-8B', which is not a local path"):
         convert(tmp_path / "trace", tmp_path / "out")
     convert(tmp_path / "trace", tmp_path / "out", tokenizer=tokenizer)
     with pytest.raises(ConvertError, match="--overwrite"):

@@ -47,7 +47,7 @@ def test_save_step_writes_the_files_of_the_format(tmp_path, tokenizer):
     records = load_trajectories(out)  # strict: raises on any format problem
     assert len(records) == 8 == entry["num_saved"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["format_version"] == 1 and summary["latest_step"] == 3 and summary["num_steps_written"] == 1
+    assert summary["format_version"] == 2 and summary["latest_step"] == 3 and summary["num_steps_written"] == 1
     (manifest_entry,) = read_manifest(out / "manifest.jsonl")
     assert manifest_entry["num_responses"] == 8 and manifest_entry["file"] == "trajectories_step_3.json"
     assert manifest_entry["num_response_tokens"] == sum(int(e.action_mask.sum()) for e in exps)

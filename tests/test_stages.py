@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,6 +117,20 @@ def test_entropy_marks_and_stats_by_hand():
     assert stats["entropy/threshold"] == 2.0 and stats["entropy/share_above"] == 0.5
     assert stages.entropy_stats(torch.full((1, 2), NAN), torch.ones(1, 2, dtype=torch.bool),
                                 stages.mark_entropy(torch.full((1, 2), NAN), torch.ones(1, 2, dtype=torch.bool), 0.2)) == {}
+
+
+def test_rollout_log_probs_are_cut_with_their_response_and_the_mismatch_is_by_hand():
+    # the second response runs past EOS (2): its tokens and log-probs are cut after it
+    r = stages.pack_rollouts([[5], [6, 7]], [[8, 2], [9, 2, 9]], ["a", "b"], ["", ""], 1, 0, 2,
+                             rollout_log_probs=[[-0.5, -0.25], [-1.0, -2.0, -3.0]])
+    assert r["action_mask"].tolist() == [[True, True], [True, True]]
+    assert r["rollout_log_probs"].tolist() == [[-0.5, -0.25], [-1.0, -2.0]]
+    lp = torch.tensor([[-0.5, -0.75], [-1.0, -2.0]])  # |diff| 0, 0.5, 0, 0 on the 4 tokens
+    stats = stages.mismatch_stats(lp, r["rollout_log_probs"], r["action_mask"])
+    assert stats["mismatch/mean_abs"] == pytest.approx(0.125) and stats["mismatch/max_abs"] == 0.5
+    assert stats["mismatch/p95_abs"] == pytest.approx(np.percentile([0, 0.5, 0, 0], 95))
+    none = stages.pack_rollouts([[5]], [[8, 2]], ["a"], [""], 1, 0, 2)
+    assert none["rollout_log_probs"] is None and stages.mismatch_stats(lp[:1], None, none["action_mask"]) == {}
 
 
 def test_step_metrics_are_means_over_the_step(tokenizer):

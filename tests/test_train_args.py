@@ -24,6 +24,17 @@ def test_help_lists_openrlhf_and_trajectory_flags():
         assert flag in text
 
 
+def test_probe_flags_need_the_saver_and_positive_counts(capsys):
+    err = _error(["--pretrain", "m", "--trajectory_probe_prompts", "4"], capsys)
+    assert "probe prompts are saved by the trajectory saver: add --save_trajectories" in err
+    err = _error(["--pretrain", "m", "--save_trajectories", "--trajectory_probe_prompts", "4",
+                  "--trajectory_probe_samples", "0", "--trajectory_probe_steps", "0"], capsys)
+    assert "--trajectory_probe_samples must be at least 1" in err and "--trajectory_probe_steps must be at least 1" in err
+    args = parse_train_args(["--pretrain", "m", "--save_trajectories", "--trajectory_probe_data", "probes.jsonl"])
+    assert (args.trajectory_probe_prompts, args.trajectory_probe_steps, args.trajectory_probe_samples) == (0, 10, 4)
+    assert (args.save_top_k_alternatives, args.alternatives_for) == (5, "high")
+
+
 def test_batch_sizes_that_do_not_divide(capsys):
     err = _error(["--pretrain", "m", "--rollout_batch_size", "4", "--n_samples_per_prompt", "4",
                   "--micro_rollout_batch_size", "16", "--train_batch_size", "12", "--micro_train_batch_size", "4"], capsys)

@@ -27,6 +27,11 @@ class Experience:
     action_mask: torch.Tensor  # (B, A) bool: response tokens (the last A columns of sequences)
     action_log_probs: torch.Tensor | None = None  # (B, A) log-prob of each response token, old policy
     action_entropy: torch.Tensor | None = None  # (B, A) entropy of the sampling distribution (nats)
+    # (B, A) log-prob of each response token as the rollout engine reported it when it sampled it
+    # (vLLM's sample log-probs, HF generate's scores), at the sampling temperature; NaN on padding
+    rollout_log_probs: torch.Tensor | None = None
+    alternative_ids: torch.Tensor | None = None  # (B, A, K) int32 the K most probable tokens of the sampling distribution
+    alternative_log_probs: torch.Tensor | None = None  # (B, A, K) float32 their log-probs, most probable first
     base_action_log_probs: torch.Tensor | None = None  # (B, A) reference policy log-probs (KL)
     values: torch.Tensor | None = None  # (B, A) critic values (gae)
     kl: torch.Tensor | None = None  # (B, A) per-token KL estimate, policy vs reference
@@ -39,6 +44,7 @@ class Experience:
     group_index: torch.Tensor | None = None  # (B,) long: which prompt of the step a response answers
 
     TENSORS = ("sequences", "attention_mask", "action_mask", "action_log_probs", "action_entropy",
+               "rollout_log_probs", "alternative_ids", "alternative_log_probs",
                "base_action_log_probs", "values", "kl", "advantages", "returns", "loss_mask", "group_index")
 
     def to_payload(self, keys=None) -> dict:

@@ -157,6 +157,18 @@ def build_train_parser() -> argparse.ArgumentParser:
     g.add_argument("--wandb_run_name", default=None)
 
     add_trajectory_args(p)
+    g = p.add_argument_group("trajectory probes", "fixed prompts answered at probe steps and saved as "
+                             "probes_step_N.json, never trained on (needs --save_trajectories)")
+    g.add_argument("--trajectory_probe_prompts", type=int, default=0, metavar="N",
+                   help="hold N prompts out of the prompt set as probes (0: none), or take the first N of "
+                        "--trajectory_probe_data (0: all of it)")
+    g.add_argument("--trajectory_probe_data", default=None, metavar="FILE",
+                   help="probe prompts from this file, read as --prompt_data is (same keys and template); any "
+                        "training prompt with the same text is left out of training")
+    g.add_argument("--trajectory_probe_steps", type=int, default=10, metavar="K",
+                   help="probe at the first step, every K steps and the last step (steps that are saved)")
+    g.add_argument("--trajectory_probe_samples", type=int, default=4, metavar="n",
+                   help="responses generated per probe prompt at each probe step")
     return p
 
 
@@ -207,6 +219,15 @@ def validate_args(args: argparse.Namespace) -> list[str]:
         errs.append("--use_wandb needs the wandb package: `pip install wandb`, or drop --use_wandb.")
     if args.use_tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
         errs.append("--use_tensorboard needs the tensorboard package: `pip install tensorboard`.")
+    probes = args.trajectory_probe_prompts > 0 or bool(args.trajectory_probe_data)
+    if args.trajectory_probe_prompts < 0:
+        errs.append(f"--trajectory_probe_prompts must be 0 or more (got {args.trajectory_probe_prompts}).")
+    if probes and not args.save_trajectories:
+        errs.append("probe prompts are saved by the trajectory saver: add --save_trajectories, or drop "
+                    "--trajectory_probe_prompts / --trajectory_probe_data.")
+    for name in ("trajectory_probe_steps", "trajectory_probe_samples"):
+        if getattr(args, name) < 1:
+            errs.append(f"--{name} must be at least 1 (got {getattr(args, name)}).")
     if args.zero_stage == 3 and resolve_backend(args) == "hf":
         errs.append("--zero_stage 3 shards the weights that Hugging Face generate needs whole: "
                     "use --zero_stage 2 with --rollout_backend hf, or --rollout_backend vllm.")

@@ -59,7 +59,9 @@ class PolicyWorker(BaseWorker):
                                    args.bf16, args.max_norm)
         return True
 
-    def generate(self, prompt_ids: list[list[int]], pad_id: int, eos_id: int | None, seed: int) -> list[list[int]]:
+    def generate(self, prompt_ids: list[list[int]], pad_id: int, eos_id: int | None,
+                 seed: int) -> list[tuple[list[int], list[float]]]:
+        """(response ids, their rollout log-probs: HF generate's own) of each prompt."""
         from openrlhf_ext.rollout.hf_generate import hf_generate
 
         torch.manual_seed(seed)
@@ -68,14 +70,21 @@ class PolicyWorker(BaseWorker):
                            a.temperature, a.top_p, batch_size=max(a.micro_rollout_batch_size, 1), device=self.device)
 
     @torch.no_grad()
-    def forward(self, payloads: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Old log-probs and entropy of each experience, from one forward each."""
+    def forward(self, payloads: list[dict], top_k: int = 0) -> list[dict]:
+        """Old log-probs and entropy of each experience, and with ``top_k`` > 0 the top-K
+        alternatives of the same distributions, from one forward each (`Actor.score`)."""
         self.engine.eval()
         out = []
         for p in payloads:
-            lp, ent = self.engine(p["sequences"].to(self.device), p["attention_mask"].to(self.device),
-                                  p["action_mask"].shape[1], temperature=self.args.temperature)
-            out.append((lp.cpu(), ent.cpu()))
+            # Actor.score on the engine's module: a no-grad forward needs nothing of the engine's own
+            # forward (loss scaling, backward hooks); ZeRO-3's parameter hooks sit on the submodules.
+            res = self.engine.module.score(p["sequences"].to(self.device), p["attention_mask"].to(self.device),
+                                           p["action_mask"].shape[1], temperature=self.args.temperature, top_k=top_k)
+            item = {"log_probs": res.log_probs.cpu(), "entropy": res.entropy.cpu()}  # (b, A) each
+            if res.alternatives is not None:  # (b, A, K): int32 ids halve what travels back
+                item.update(alternative_ids=res.alternatives.ids.int().cpu(),
+                            alternative_log_probs=res.alternatives.logprobs.float().cpu())
+            out.append(item)
         return out
 
     def train(self, payloads: list[dict], seed: int) -> dict:

@@ -2,7 +2,13 @@
 
     >>> engines = VLLMEngines(args, pretrain, placement_group, share=2)
     >>> responses = engines.generate(prompt_ids, seed=1)      # token ids in, token ids out
+    >>> pairs = engines.generate(prompt_ids, seed=1, logprobs=True)   # (ids, their rollout log-probs)
     >>> engines.load_weights(safetensors_bytes)                # after each training step
+
+The rollout log-probs (FORMAT.md's `rollout_logprob`) are vLLM's own sample log-probs:
+`SamplingParams(logprobs=0)` returns the sampled token's, and the engine is built with
+`logprobs_mode="processed_logprobs"`, so they are taken after temperature and top-p, from the
+distribution vLLM sampled from (its default, "raw_logprobs", is the model's logits before them).
 
 Token ids go in, not text: vLLM and the trainer then see one tokenization, whatever vLLM's
 tokenizer class would have done to the text (such as re-imposing a model family's pre-tokenizer,
@@ -104,6 +110,8 @@ class LLMRayActor:
             dtype="bfloat16" if bf16 else "float32", max_model_len=max_model_len,
             enforce_eager=not on_gpu(), distributed_executor_backend="uni" if tensor_parallel_size == 1 else "mp",
             worker_extension_cls="openrlhf_ext.rollout.vllm_engine.WeightSyncExtension",
+            # sample log-probs at the sampling temperature (after top-p), not the raw logits' ones
+            logprobs_mode="processed_logprobs",
             skip_tokenizer_init=False, **sizing,
         )
 

@@ -1,6 +1,6 @@
 """The controller: one process that drives the Ray groups through the steps of training.
 
-    trainer = PPOTrainer(args, groups, tokenizer, prompts, reward_fn, saver)
+    trainer = PPOTrainer(args, groups, tokenizer, prompts, reward_fn, saver, probe_prompts)
     history = trainer.fit()   # one dict of metrics per step
 
 (train_colocate.py does exactly this; tests/test_groups.py runs single steps on a tiny model.)
@@ -20,13 +20,20 @@ from openrlhf_ext.algo.experience import make_experiences
 from openrlhf_ext.ray.groups import RayGroups
 from openrlhf_ext.trainer import stages
 from openrlhf_ext.trainer.checkpoint import latest_checkpoint_step, prune_old_checkpoints, tag_for
+from openrlhf_ext.trainer.probes import is_probe_step
 from openrlhf_ext.utils.logging import StepLogger
 
 
+# The probes' sampling seeds stay apart from the training rollouts' (seed + step).
+PROBE_SEED_OFFSET = 1_000_003
+
+
 class PPOTrainer:
-    def __init__(self, args, groups: RayGroups, tokenizer, prompts: list[dict], reward_fn, saver=None):
+    def __init__(self, args, groups: RayGroups, tokenizer, prompts: list[dict], reward_fn, saver=None,
+                 probe_prompts: list[dict] | None = None):
         self.args, self.groups, self.tokenizer = args, groups, tokenizer
         self.prompts, self.reward_fn, self.saver = prompts, reward_fn, saver
+        self.probe_prompts = probe_prompts or []  # answered at probe steps, never trained on (trainer/probes.py)
         if len(prompts) < args.rollout_batch_size:
             raise ValueError(f"the prompt set has {len(prompts)} prompts, fewer than --rollout_batch_size "
                              f"{args.rollout_batch_size}: lower --rollout_batch_size or add prompts.")
@@ -59,24 +66,34 @@ class PPOTrainer:
             times[f"time/{name}"] = time.perf_counter() - t0
 
         t_step = time.perf_counter()
+        saving = self.saver is not None and self.saver.should_save(step)
+        top_k = self.saver.top_k_alternatives if saving else 0  # alternatives only for the steps saved
         with timed("generate"):
             rollouts = stages.generate(g, self.tokenizer, a, self.rows_for_step(step), seed=a.seed + step)
         mask = rollouts["action_mask"]  # (B, A) the step's response tokens
         with timed("score"):
             rewards = stages.score(g, self.reward_fn, self.tokenizer, rollouts, a.micro_rollout_batch_size)  # (B,)
         with timed("forward"):
-            fwd = stages.forward(g, rollouts, a.micro_rollout_batch_size)  # log-probs, entropy, ref, values
+            fwd = stages.forward(g, rollouts, a.micro_rollout_batch_size, top_k)  # log-probs, entropy, alternatives, ref, values
         with timed("advantages"):
             marks = stages.mark_entropy(fwd.entropy, mask, getattr(a, "high_entropy_token_ratio", 0.2) or 0.2)
             adv = stages.advantages(a, mask, rewards, fwd)  # advantages, returns, kl, loss mask
         # What the stages made, cut into the experiences that the saver and the update read.
         experiences = make_experiences(
             rollouts, a.micro_rollout_batch_size, info={"reward": rewards, "kl": adv.kl_per_response},
-            action_log_probs=fwd.log_probs, action_entropy=fwd.entropy, base_action_log_probs=fwd.ref_log_probs,
+            action_log_probs=fwd.log_probs, action_entropy=fwd.entropy, rollout_log_probs=rollouts["rollout_log_probs"],
+            alternative_ids=fwd.alternative_ids, alternative_log_probs=fwd.alternative_log_probs,
+            base_action_log_probs=fwd.ref_log_probs,
             values=fwd.values, kl=adv.kl, advantages=adv.advantages, returns=adv.returns, loss_mask=adv.loss_mask)
-        metrics = {**stages.step_metrics(experiences), **stages.entropy_stats(fwd.entropy, mask, marks)}
+        metrics = {**stages.step_metrics(experiences), **stages.entropy_stats(fwd.entropy, mask, marks),
+                   **stages.mismatch_stats(fwd.log_probs, rollouts["rollout_log_probs"], mask)}
+        probes = None
+        if saving and self.probe_prompts and is_probe_step(step, a.trajectory_probe_steps, self.total_steps):
+            with timed("probe"):  # under the weights that sampled this step, before the update
+                probes = stages.probe(g, self.tokenizer, self.reward_fn, a, self.probe_prompts,
+                                      seed=a.seed + step + PROBE_SEED_OFFSET, top_k=top_k)
         with timed("save"):
-            saved = stages.save_trajectories(self.saver, step, experiences, marks)
+            saved = stages.save_trajectories(self.saver, step, experiences, marks, probes)
         if saved:
             metrics["trajectories_saved"] = float(saved.get("num_saved", 0)) if isinstance(saved, dict) else 1.0
         with timed("update"):

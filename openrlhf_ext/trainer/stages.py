@@ -1,11 +1,13 @@
 """The stages of one training step, each a plain function the controller calls in order:
 
-    generate -> score -> forward (old log-probs + entropy, ref, values) -> advantages (+ the step's
-             high-entropy marks) -> save trajectories -> update -> sync weights to vLLM -> checkpoint
+    generate -> score -> forward (old log-probs + entropy + alternatives, ref, values) -> advantages
+             (+ the step's high-entropy marks) -> probe (at probe steps) -> save trajectories -> update
+             -> sync weights to vLLM -> checkpoint
 
 Each takes what it needs and returns what it made, over the step's B responses of A response slots:
-`generate` the packed rollouts, `score` the rewards (B,), `forward` a `Forward`, `mark_entropy` an
-`EntropyMarks`, `advantages` an `Advantages`. `PPOTrainer.step` times each one into the step's log
+`generate` the packed rollouts (with the rollout engine's log-probs), `score` the rewards (B,),
+`forward` a `Forward`, `mark_entropy` an `EntropyMarks`, `advantages` an `Advantages`, `probe` the
+experiences of the probe prompts' responses. `PPOTrainer.step` times each one into the step's log
 line and cuts what they made into the experiences it hands to the saver and the update. Data flows
 one way: the saver sees finished experiences and never calls back.
 """
@@ -24,6 +26,7 @@ from openrlhf_ext.algo.losses import high_entropy_loss_mask
 from openrlhf_ext.ray.launcher import in_item_order
 from openrlhf_ext.rollout.sequences import pack_sequences
 from openrlhf_ext.trajectory import high_entropy_mask
+from openrlhf_ext.trajectory.manifest_entry import mismatch_summary
 from openrlhf_ext.utils.tensors import masked_mean
 
 MODEL_INPUTS = ("sequences", "attention_mask", "action_mask")  # what a forward pass reads
@@ -36,6 +39,8 @@ class Forward:
     entropy: torch.Tensor  # (B, A) entropy of the sampling distribution (nats, at --temperature)
     ref_log_probs: torch.Tensor | None = None  # (B, A) the reference policy's log-probs (a KL term)
     values: torch.Tensor | None = None  # (B, A) the critic's values (gae)
+    alternative_ids: torch.Tensor | None = None  # (B, A, K) int32 top-K tokens of the sampling distribution (top_k > 0)
+    alternative_log_probs: torch.Tensor | None = None  # (B, A, K) float32 their log-probs, most probable first
 
 
 @dataclass
@@ -62,10 +67,11 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_len: int) -> list[list[i
     return [p[-max_len:] for p in ids]
 
 
-def generate(groups, tokenizer, args, rows: list[dict], seed: int) -> dict:
-    """Sample n_samples_per_prompt responses per prompt (vLLM engines, or HF generate in the actor
-    workers); returns the step's packed rollouts (`pack_rollouts`)."""
-    n = args.n_samples_per_prompt
+def generate(groups, tokenizer, args, rows: list[dict], seed: int, n: int | None = None) -> dict:
+    """Sample ``n`` (default n_samples_per_prompt) responses per prompt (vLLM engines, or HF generate
+    in the actor workers), each with the log-probs the engine sampled it with; returns the step's
+    packed rollouts (`pack_rollouts`)."""
+    n = n or args.n_samples_per_prompt
     prompts = [r["prompt"] for r in rows for _ in range(n)]
     labels = [r.get("label", "") for r in rows for _ in range(n)]
     prompt_ids = tokenize_prompts(tokenizer, prompts, args.prompt_max_len)
@@ -73,7 +79,7 @@ def generate(groups, tokenizer, args, rows: list[dict], seed: int) -> dict:
     if groups.vllm is not None:
         if args.vllm_enable_sleep:
             groups.vllm.wake_up()
-        responses = groups.vllm.generate(prompt_ids, seed)
+        outs = groups.vllm.generate(prompt_ids, seed, logprobs=True)  # (ids, vLLM's sample log-probs) each
         if args.vllm_enable_sleep:
             groups.vllm.sleep()  # frees the GPU memory of the KV cache for the training stages
     else:
@@ -81,20 +87,29 @@ def generate(groups, tokenizer, args, rows: list[dict], seed: int) -> dict:
         shards = [prompt_ids[len(prompt_ids) * w // world: len(prompt_ids) * (w + 1) // world] for w in range(world)]
         outs = ray.get([w.generate.remote(s, pad_id, eos_id, seed * 1000 + i)
                         for i, (w, s) in enumerate(zip(groups.actor.workers, shards))])
-        responses = [r for o in outs for r in o]
-    return pack_rollouts(prompt_ids, responses, prompts, labels, n, pad_id, eos_id)
+        outs = [r for o in outs for r in o]  # (ids, HF generate's log-probs) each
+    responses, rollout_log_probs = [ids for ids, _ in outs], [lps for _, lps in outs]
+    return pack_rollouts(prompt_ids, responses, prompts, labels, n, pad_id, eos_id, rollout_log_probs)
 
 
 def pack_rollouts(prompt_ids: list[list[int]], responses: list[list[int]], prompts: list[str], labels: list,
-                  n_samples_per_prompt: int, pad_id: int, eos_id: int | None) -> dict:
+                  n_samples_per_prompt: int, pad_id: int, eos_id: int | None,
+                  rollout_log_probs: list[list[float]] | None = None) -> dict:
     """The step's rollouts as the later stages read them: ``sequences`` (B, S) long,
     ``attention_mask`` (B, S) long, ``action_mask`` (B, A) bool (openrlhf_ext/rollout/sequences.py),
-    ``group_index`` (B,) long, ``prompts`` and ``labels`` (lists of B), and ``info`` with
-    ``response_length``, ``total_length`` and ``truncated``, each (B,).
+    ``group_index`` (B,) long, ``prompts`` and ``labels`` (lists of B), ``info`` with
+    ``response_length``, ``total_length`` and ``truncated``, each (B,), and ``rollout_log_probs``
+    (B, A) float32 (NaN on padding; None when the engine gave none).
 
     Responses of a prompt are contiguous (rows i*n .. i*n+n-1): the group estimators rely on it.
     """
     batch = pack_sequences(prompt_ids, responses, pad_id, eos_id)
+    rollout = None
+    if rollout_log_probs is not None:
+        rollout = torch.full(batch["action_mask"].shape, float("nan"))  # (B, A) NaN on padding
+        for i, (lps, n) in enumerate(zip(rollout_log_probs, batch["action_mask"].sum(-1).tolist())):
+            rollout[i, :n] = torch.tensor(lps[:n], dtype=torch.float32)  # cut at EOS as the response is
+    batch.update(rollout_log_probs=rollout)
     batch.update(
         prompts=prompts, labels=labels,
         group_index=torch.arange(len(prompts) // n_samples_per_prompt).repeat_interleave(n_samples_per_prompt),
@@ -118,15 +133,19 @@ def score(groups, reward_fn, tokenizer, rollouts: dict, micro_batch_size: int) -
     return torch.tensor([float(r) for r in rewards], dtype=torch.float32)
 
 
-def forward(groups, rollouts: dict, micro_batch_size: int) -> Forward:
-    """Old log-probs + entropy (actor, one forward), reference log-probs, values: every group at once,
-    each worker a round-robin share of the step's micro-batches of ``micro_batch_size`` responses."""
+def forward(groups, rollouts: dict, micro_batch_size: int, top_k: int = 0,
+            models: tuple[str, ...] = ("actor", "ref", "critic")) -> Forward:
+    """Old log-probs + entropy (+ the top-``top_k`` alternatives) from one actor forward, reference
+    log-probs, values: every group of ``models`` at once, each worker a round-robin share of the
+    step's micro-batches of ``micro_batch_size`` responses."""
     payloads = [e.to_payload(MODEL_INPUTS) for e in make_experiences(rollouts, micro_batch_size)]
-    names = [name for name in ("actor", "ref", "critic") if getattr(groups, name) is not None]
-    refs = {name: getattr(groups, name).call_round_robin("forward", payloads) for name in names}  # all launched
+    names = [name for name in models if getattr(groups, name) is not None]
+    refs = {name: getattr(groups, name).call_round_robin("forward", payloads, *((top_k,) if name == "actor" else ()))
+            for name in names}  # all launched
     outs = {name: in_item_order(ray.get(r)) for name, r in refs.items()}  # one result per micro-batch
-    log_probs, entropy = (torch.cat(parts) for parts in zip(*outs["actor"]))
-    return Forward(log_probs=log_probs, entropy=entropy,
+    actor = {k: torch.cat([o[k] for o in outs["actor"]]) for k in outs["actor"][0]}  # (B, A) / (B, A, K) each
+    return Forward(log_probs=actor["log_probs"], entropy=actor["entropy"],
+                   alternative_ids=actor.get("alternative_ids"), alternative_log_probs=actor.get("alternative_log_probs"),
                    ref_log_probs=torch.cat(outs["ref"]) if "ref" in outs else None,
                    values=torch.cat(outs["critic"]) if "critic" in outs else None)
 
@@ -165,13 +184,40 @@ def entropy_stats(entropy: torch.Tensor, action_mask: torch.Tensor, marks: Entro
             "entropy/share_above": marks.marks.sum().item() / vals.numel()}
 
 
-def save_trajectories(saver, global_step: int, experiences: list[Experience], marks: EntropyMarks) -> dict | None:
-    """Hand every response of the step to the saver (so its threshold sees them all). When the saver
-    ranks by the step's own ratio and scope, it is handed the step's marks instead of ranking again."""
+def mismatch_stats(log_probs: torch.Tensor, rollout_log_probs: torch.Tensor | None, action_mask: torch.Tensor) -> dict:
+    """The step's train-inference mismatch over its response tokens: mean, p95 and max of
+    |trainer log-prob - rollout engine log-prob| (the manifest's ``logprob_mismatch``, same rule)."""
+    if rollout_log_probs is None:
+        return {}
+    m = action_mask.bool()
+    found = mismatch_summary(log_probs[m].numpy(), rollout_log_probs[m].numpy())
+    return {} if found is None else {f"mismatch/{k}": v for k, v in found.items()}
+
+
+def probe(groups, tokenizer, reward_fn, args, rows: list[dict], seed: int, top_k: int = 0) -> list[Experience]:
+    """Responses to the run's probe prompts under the current weights, never trained on:
+    ``args.trajectory_probe_samples`` per prompt from the rollout engine, their rewards, and one
+    actor forward for their log-probs, entropy and alternatives. Returns their experiences, for the
+    saver (which marks them by the step's own threshold)."""
+    mb = args.micro_rollout_batch_size
+    rollouts = generate(groups, tokenizer, args, rows, seed, n=args.trajectory_probe_samples)
+    rewards = score(groups, reward_fn, tokenizer, rollouts, mb)  # (P,)
+    fwd = forward(groups, rollouts, mb, top_k=top_k, models=("actor",))
+    return make_experiences(rollouts, mb, info={"reward": rewards}, action_log_probs=fwd.log_probs,
+                            action_entropy=fwd.entropy, rollout_log_probs=rollouts["rollout_log_probs"],
+                            alternative_ids=fwd.alternative_ids, alternative_log_probs=fwd.alternative_log_probs)
+
+
+def save_trajectories(saver, global_step: int, experiences: list[Experience], marks: EntropyMarks,
+                      probes: list[Experience] | None = None) -> dict | None:
+    """Hand every response of the step to the saver (so its threshold sees them all), with the probe
+    responses when the step has them. When the saver ranks by the step's own ratio and scope, it is
+    handed the step's marks instead of ranking again."""
     if saver is None:
         return None
     same_rule = saver.scope == "step" and saver.ratio == marks.ratio and saver.group is None
-    return saver.save_step(global_step, experiences, marks=(marks.marks, marks.threshold) if same_rule else None)
+    return saver.save_step(global_step, experiences, marks=(marks.marks, marks.threshold) if same_rule else None,
+                           probes=probes)
 
 
 def update(groups, args, experiences: list[Experience], global_step: int) -> dict:

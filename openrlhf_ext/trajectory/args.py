@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from .alternatives import ALTERNATIVES_FOR
 from .marks import SCOPES, check_ratio
 from .sampling import SAMPLING_MODES
 
@@ -45,6 +46,8 @@ def add_trajectory_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         >>> a = p.parse_args(["--save_trajectories", "--mark_high_entropy_tokens"])
         >>> a.num_trajectories_to_save, a.high_entropy_token_ratio, a.high_entropy_scope
         (10, 0.2, 'step')
+        >>> a.save_top_k_alternatives, a.alternatives_for
+        (5, 'high')
     """
     g = parser.add_argument_group("trajectories", "save rollouts with per-token entropy (see viewer/render_trajectories.html)")
     g.add_argument("--save_trajectories", action="store_true", help="write trajectories_step_N.json files")
@@ -60,5 +63,11 @@ def add_trajectory_args(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         "high-entropy tokens first (forks), random, first, or stratified by reward")
     g.add_argument("--save_entropy_trace", action="store_true",
                    help="also write steps/step_NNNNNN.npz with the entropy of every response of the step")
+    g.add_argument("--save_top_k_alternatives", type=_count(0), default=5, metavar="K",
+                   help="write the K most probable tokens of the sampling distribution as a token's "
+                        "alternatives (0: none; default 5); taken from the entropy's forward pass")
+    g.add_argument("--alternatives_for", choices=ALTERNATIVES_FOR, default="high",
+                   help="which saved tokens get alternatives: the high-entropy ones (default; with "
+                        "--mark_high_entropy_tokens) or all")
     g.add_argument("--trajectory_strict", action="store_true", help="stop training when a trajectory file cannot be written")
     return parser

@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-FORMAT_VERSION = 1  # of FORMAT.md; readers must keep opening version 1
+FORMAT_VERSION = 2  # of FORMAT.md; readers must keep opening version 1
+# summary.json's "generator": how our tools tell a summary this package wrote from another
+# trainer's (which carry format_version 2 too, with other fields). Version 1 summaries had none.
+GENERATOR = "openrlhf_ext"
 
 # ----------------------------------------------------------------------------- file names
 # The one place that knows them: writers, readers and the tools all ask here.
@@ -30,6 +33,7 @@ FORMAT_VERSION = 1  # of FORMAT.md; readers must keep opening version 1
 # trajectories_step_12.json[.gz], and other tools' names such as other_tool_trajectories_step_20.json.
 STEP_FILE_RE = re.compile(r"^(?:.*_)?trajectories_step_(\d+)\.json(\.gz)?$")
 NPZ_FILE_RE = re.compile(r"^step_(\d+)\.npz$")
+PROBE_FILE_RE = re.compile(r"^probes_step_(\d+)\.json(\.gz)?$")
 MANIFEST_FILE = "manifest.jsonl"
 SUMMARY_FILE = "summary.json"
 STEPS_DIR = "steps"  # the npz traces' folder inside a run's trajectories folder
@@ -44,6 +48,22 @@ def step_file_name(global_step: int) -> str:
         ('trajectories_step_12.json', 12)
     """
     return f"trajectories_step_{int(global_step)}.json"
+
+
+def probe_file_name(global_step: int) -> str:
+    """``probes_step_<N>.json``: the responses to the run's probe prompts at step N (FORMAT.md v2).
+
+    Example:
+        >>> probe_file_name(5), probe_step_of_file_name("probes_step_5.json")
+        ('probes_step_5.json', 5)
+    """
+    return f"probes_step_{int(global_step)}.json"
+
+
+def probe_step_of_file_name(name: str) -> int | None:
+    """The step N of a probe file's name (``probes_step_N.json[.gz]``), else None."""
+    match = PROBE_FILE_RE.match(name)
+    return int(match.group(1)) if match else None
 
 
 def npz_file_name(global_step: int) -> str:
@@ -80,6 +100,11 @@ def _list_by_step(folder, step_of) -> list[tuple[int, Path]]:
 def list_step_files(folder) -> list[tuple[int, Path]]:
     """``(step, path)`` of every step file in ``folder``, by step number."""
     return _list_by_step(folder, step_of_file_name)
+
+
+def list_probe_files(folder) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every probe file (``probes_step_N.json``) in ``folder``, by step number."""
+    return _list_by_step(folder, probe_step_of_file_name)
 
 
 def list_npz_files(folder) -> list[tuple[int, Path]]:
@@ -308,7 +333,7 @@ def forget_steps_after(folder, step: int) -> list[str]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    removed = [p for s, p in list_step_files(folder) if s > step]
+    removed = [p for s, p in list_step_files(folder) + list_probe_files(folder) if s > step]
     if (folder / STEPS_DIR).is_dir():
         removed += [p for s, p in list_npz_files(folder / STEPS_DIR) if s > step]
     for p in removed:
@@ -335,9 +360,9 @@ def utc_now() -> str:
 
 
 def write_summary(folder, fields: dict, created_at: str | None = None) -> None:
-    """Rewrite ``summary.json`` after a step: ``format_version``, ``created_at`` (kept from the
-    existing summary unless given), ``updated_at``, and ``latest_step``/``num_steps_written`` from
-    the manifest, followed by ``fields`` (model, tokenizer, flags, ...)."""
+    """Rewrite ``summary.json`` after a step: ``format_version``, ``generator``, ``created_at``
+    (kept from the existing summary unless given), ``updated_at``, and ``latest_step`` /
+    ``num_steps_written`` from the manifest, followed by ``fields`` (model, tokenizer, flags, ...)."""
     folder = Path(folder)
     path = folder / SUMMARY_FILE
     if created_at is None:
@@ -349,6 +374,7 @@ def write_summary(folder, fields: dict, created_at: str | None = None) -> None:
     steps = [e["global_step"] for e in read_manifest(folder / MANIFEST_FILE) if isinstance(e.get("global_step"), int)]
     summary = {
         "format_version": FORMAT_VERSION,
+        "generator": GENERATOR,
         "created_at": created_at or utc_now(),
         "updated_at": utc_now(),
         "latest_step": max(steps, default=None),
@@ -356,6 +382,23 @@ def write_summary(folder, fields: dict, created_at: str | None = None) -> None:
         **fields,
     }
     atomic_write_bytes(path, dumps_strict_json(summary, indent=True))
+
+
+def is_our_summary(summary) -> bool:
+    """True for a summary.json this package wrote: ``generator`` is ours (version 2 on), or
+    ``format_version`` is 1 (our version 1 summaries had no generator, and no other trainer's
+    summary says version 1). Other trainers' summaries (format_version 2, other fields) are not.
+
+    Example:
+        >>> is_our_summary({"format_version": 2, "generator": GENERATOR}), is_our_summary({"format_version": 1})
+        (True, True)
+        >>> is_our_summary({"format_version": 2, "step": 10})
+        False
+    """
+    if not isinstance(summary, dict):
+        return False
+    version = summary.get("format_version")
+    return summary.get("generator") == GENERATOR or (version == 1 and not isinstance(version, bool))
 
 
 def write_npz(path, arrays: dict) -> None:

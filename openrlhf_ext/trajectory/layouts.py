@@ -21,7 +21,8 @@ no real token may sit before the first action token of the response columns, whi
 upstream experience read as "response" looks like), and an experience that fails is refused with
 an ``ExperienceLayoutError`` naming the shapes: never a record with the wrong texts.
 
-Texts are lossless in both: every real token from the first action token on is part of the
+The alternatives (``alternative_ids`` / ``alternative_log_probs``, (B, A, K)) are read in the
+response layout only. Texts are lossless in both: every real token from the first action token on is part of the
 response text. Tokens inside the response that were not sampled (a multi-turn rollout's tool
 output, where ``action_mask`` has gaps) keep their text and get no entropy, log-prob or mark.
 """
@@ -34,7 +35,7 @@ import torch
 LAYOUTS = ("auto", "response", "shifted")
 
 # Per-token fields, laid out like action_mask in both layouts.
-TOKEN_FIELDS = ("action_entropy", "action_log_probs", "advantages", "returns")
+TOKEN_FIELDS = ("action_entropy", "action_log_probs", "rollout_log_probs", "advantages", "returns")
 # Per-sample fields that OpenRLHF >= 0.10 keeps on the experience instead of in info.
 EPISODE_INFO = {"rewards": "reward", "total_length": "total_length", "truncated": "truncated"}
 
@@ -156,6 +157,9 @@ def shifted_to_response(exp, index: int = 0) -> SimpleNamespace:
         action_mask=resp_real,  # (B, A) every real response token: texts stay whole
         action_entropy=_nan_outside(per_token("action_entropy"), resp_action, B, A),  # (B, A)
         action_log_probs=_nan_outside(per_token("action_log_probs"), resp_action, B, A),  # (B, A)
+        # (B, A) the rollout engine's log-probs (upstream's --enable_vllm_is_correction), when it kept them
+        rollout_log_probs=None if getattr(exp, "rollout_log_probs", None) is None
+        else _nan_outside(per_token("rollout_log_probs"), resp_action, B, A),
         advantages=per_sample_mean("advantages"),  # (B,)
         returns=per_sample_mean("returns"),  # (B,)
         info=info,

@@ -1,5 +1,6 @@
 """One step's line of manifest.jsonl (FORMAT.md), built here for the saver and the converters
-alike, with the numbers that sum up the step's token entropies (also what the trainer logs).
+alike, with the numbers that sum up the step's token entropies, its fork words and its
+train-inference mismatch (also what the trainer logs).
 
 Example:
     >>> entry = manifest_entry(3, num_responses=2, num_saved=1, entropies=[0.5, 1.5, float("nan")],
@@ -14,6 +15,7 @@ import numpy as np
 from .files import finite_or_none, step_file_name, utc_now
 
 HIST_BINS = 30
+MAX_FORK_WORDS = 50  # FORMAT.md: the manifest's fork_words hold at most 50 texts
 
 
 def manifest_entry(
@@ -26,6 +28,10 @@ def manifest_entry(
     ratio: float | None,
     threshold,
     num_response_tokens: int | None = None,
+    file_bytes: int | None = None,
+    fork_words: list | None = None,
+    logprob_mismatch: dict | None = None,
+    probe_file: str | None = None,
     **extra,
 ) -> dict:
     """The manifest entry of step ``global_step``, whose file is ``step_file_name(global_step)``.
@@ -38,6 +44,9 @@ def manifest_entry(
         ratio, threshold: the high-entropy mark's ratio and the step's threshold (None when the
             step is not marked or has one threshold per response).
         num_response_tokens: default: the number of ``entropies``.
+        file_bytes, fork_words, logprob_mismatch, probe_file: the version 2 keys, written when
+            given: the step file's size, ``count_fork_words``' list, ``mismatch_summary``'s dict
+            and the name of the step's probe file.
         extra: more keys, written after the format's (``save_seconds``, ``converted_from``).
     """
     values = None if entropies is None else np.asarray(entropies, dtype=np.float64).ravel()
@@ -57,8 +66,55 @@ def manifest_entry(
         **entropy_histogram(values if values is not None else []),
         "reward_mean": float(reward_values.mean()) if reward_values.size else None,
         "created_at": utc_now(),
+        **{k: v for k, v in (("file_bytes", file_bytes), ("fork_words", fork_words),
+                             ("logprob_mismatch", logprob_mismatch), ("probe_file", probe_file)) if v is not None},
         **extra,
     }
+
+
+def mismatch_summary(log_probs, rollout_log_probs) -> dict | None:
+    """``mean_abs``, ``p95_abs``, ``max_abs`` of ``log_probs - rollout_log_probs`` over the tokens
+    where both are finite (any shapes that match: the step's response tokens), or None when there
+    is no such token. The train-inference mismatch of the manifest and of the step's log line.
+
+    Example:
+        >>> mismatch_summary([-0.5, -1.0, -2.0], [-0.5, -1.25, float("nan")])
+        {'mean_abs': 0.125, 'p95_abs': 0.2375, 'max_abs': 0.25}
+    """
+    a = np.asarray(log_probs, dtype=np.float64).ravel()
+    b = np.asarray(rollout_log_probs, dtype=np.float64).ravel()
+    diff = np.abs(a - b)
+    diff = diff[np.isfinite(diff)]
+    if diff.size == 0:
+        return None
+    return {"mean_abs": float(diff.mean()), "p95_abs": float(np.percentile(diff, 95)), "max_abs": float(diff.max())}
+
+
+def fork_word(text: str) -> str:
+    """How a high-entropy token's text is counted as a fork word: stripped of surrounding
+    whitespace (" Wait" and "Wait" are one word), or its repr when it is whitespace only.
+
+    Example:
+        >>> fork_word(" Wait"), fork_word(" ")
+        ('Wait', "' '")
+    """
+    return text.strip() or repr(text)
+
+
+def count_fork_words(texts, counts, top: int = MAX_FORK_WORDS) -> list[list]:
+    """``[[word, count], ...]``, most frequent first (ties by word), at most ``top``: the fork words
+    of texts that occur ``counts`` times each (one per distinct token id, as ``numpy.unique`` gives
+    them), merged by ``fork_word``.
+
+    Example:
+        >>> count_fork_words([" Wait", "Wait", " So"], [3, 1, 2])
+        [['Wait', 4], ['So', 2]]
+    """
+    merged: dict[str, int] = {}
+    for text, count in zip(texts, counts):
+        word = fork_word(text)
+        merged[word] = merged.get(word, 0) + int(count)
+    return [[w, c] for w, c in sorted(merged.items(), key=lambda wc: (-wc[1], wc[0]))[:top]]
 
 
 def entropy_summary(values) -> dict:

@@ -150,6 +150,22 @@ def high_entropy_mask(
     return marks, thresholds
 
 
+def marks_at_threshold(entropy: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, A) bool: the real tokens whose finite entropy is >= ``threshold``, the mark of
+    ``high_entropy_mask`` at a threshold taken elsewhere (a step's probe responses are marked by
+    the step's own threshold). A NaN threshold (a step without a valid token) marks nothing.
+
+    Example:
+        >>> import torch
+        >>> marks_at_threshold(torch.tensor([[0.1, 2.0, float("nan")]]), torch.tensor([[True, True, True]]), 2.0).tolist()
+        [[False, True, False]]
+    """
+    import torch
+
+    entropy = entropy.detach().float()
+    return mask.bool() & torch.isfinite(entropy) & (entropy >= float(threshold))
+
+
 def _distributed_ready() -> bool:
     import torch
 

@@ -2,6 +2,7 @@
 record (``build_record``). Shared by the saver and the converters."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,11 @@ class StepBatch:
     group: list  # R ints: the prompt group (same prompt), numbered in order of first appearance
     labels: list  # R labels or None
     prompts: list  # R prompt strings or None
+    # (R, A) the log-prob the rollout engine reported for each sampled token; NaN where unknown;
+    # None when no experience of the step carried them
+    rollout_log_probs: torch.Tensor | None = None
+    alternative_ids: np.ndarray | None = None  # (R, A, K) int64 the K most probable tokens, -1 where unknown
+    alternative_log_probs: np.ndarray | None = None  # (R, A, K) float32 their log-probs, NaN where unknown
 
     def __len__(self) -> int:
         return self.responses.shape[0]
@@ -47,6 +53,20 @@ class StepBatch:
 
     def response_ids(self, i: int) -> list:
         return self.responses[i][self.mask[i].numpy()].tolist()
+
+
+def prompt_id(prompt_ids) -> str:
+    """A prompt's ``prompt_id`` (FORMAT.md v2): the first 16 hex digits of BLAKE2b over its token
+    ids as little-endian int64. The same prompt ids give the same id at every step of a run (and
+    in every run with the same tokenizer and prompt template); padding is not part of them.
+
+    Example:
+        >>> prompt_id([49, 43, 49, 61]) == prompt_id([49, 43, 49, 61]) != prompt_id([49, 43, 50, 61])
+        True
+        >>> len(prompt_id([49, 43, 49, 61]))
+        16
+    """
+    return hashlib.blake2b(np.asarray(prompt_ids, dtype="<i8").tobytes(), digest_size=8).hexdigest()
 
 
 def _rows(value, n: int, what: str) -> list:
@@ -91,6 +111,14 @@ def collect_step(experiences, layout: str = "auto") -> StepBatch:
         ent = torch.full((b, a), float("nan")) if ent is None else ent.detach().float().cpu()  # (B, A)
         lp = getattr(exp, "action_log_probs", None)
         lp = torch.full((b, a), float("nan")) if lp is None else lp.detach().float().cpu()  # (B, A)
+        rlp = getattr(exp, "rollout_log_probs", None)
+        rlp = None if rlp is None else rlp.detach().float().cpu()  # (B, A)
+        alt_ids, alt_lps = getattr(exp, "alternative_ids", None), getattr(exp, "alternative_log_probs", None)
+        if alt_ids is not None and alt_lps is not None:
+            alt_ids = alt_ids.detach().cpu().numpy().astype(np.int64)  # (B, A, K)
+            alt_lps = alt_lps.detach().float().cpu().numpy()  # (B, A, K)
+        else:
+            alt_ids = alt_lps = None
         info = getattr(exp, "info", None) or {}
         info_rows = {k: _rows(v, b, f"info[{k!r}]") for k, v in info.items()}
         p_len = seqs.shape[1] - a
@@ -104,6 +132,9 @@ def collect_step(experiences, layout: str = "auto") -> StepBatch:
                 responses=seqs[:, p_len:],
                 entropy=ent,
                 log_probs=lp,
+                rollout_log_probs=rlp,
+                alternative_ids=alt_ids,
+                alternative_log_probs=alt_lps,
                 mask=action_mask,
                 advantages=_masked_mean(getattr(exp, "advantages", None), action_mask),
                 returns=_masked_mean(getattr(exp, "returns", None), action_mask),
@@ -133,6 +164,13 @@ def collect_step(experiences, layout: str = "auto") -> StepBatch:
     def cat_list(key):
         return [x for p in parts for x in p[key]]
 
+    rollout_log_probs = None
+    if any(p["rollout_log_probs"] is not None for p in parts):  # NaN for experiences without them
+        rollout_log_probs = torch.cat([pad(p["log_probs"].new_full(p["log_probs"].shape, float("nan"))
+                                           if p["rollout_log_probs"] is None else p["rollout_log_probs"], float("nan"))
+                                       for p in parts])
+    alternative_ids, alternative_log_probs = _cat_alternatives(parts, width)
+
     info = cat_list("info")
     group_number: dict = {}
     groups = [group_number.setdefault(g, len(group_number)) for g in cat_list("group")]
@@ -153,7 +191,29 @@ def collect_step(experiences, layout: str = "auto") -> StepBatch:
         group=groups,
         labels=cat_list("labels"),
         prompts=cat_list("prompts"),
+        rollout_log_probs=rollout_log_probs,
+        alternative_ids=alternative_ids,
+        alternative_log_probs=alternative_log_probs,
     )
+
+
+def _cat_alternatives(parts: list[dict], width: int):
+    """(R, width, K) ids and log-probs of the experiences' alternatives, -1 / NaN where an
+    experience had none or fewer; (None, None) when none had any."""
+    have = [p for p in parts if p["alternative_ids"] is not None]
+    if not have:
+        return None, None
+    k = max(p["alternative_ids"].shape[2] for p in have)
+    ids, lps = [], []
+    for p in parts:
+        b, a = p["mask"].shape
+        ids.append(np.full((b, width, k), -1, dtype=np.int64))
+        lps.append(np.full((b, width, k), np.nan, dtype=np.float32))
+        if p["alternative_ids"] is not None:
+            kk = p["alternative_ids"].shape[2]
+            ids[-1][:, :a, :kk] = p["alternative_ids"]
+            lps[-1][:, :a, :kk] = p["alternative_log_probs"]
+    return np.concatenate(ids), np.concatenate(lps)
 
 
 def _float(x) -> float:
@@ -182,11 +242,17 @@ def build_record(
     label=None,
     prompt_text=None,
     group_index=None,
+    rollout_log_probs: list | None = None,
+    alternatives: list | None = None,
+    probe: bool = False,
 ) -> dict:
     """One trajectory record of FORMAT.md from one response's ids and per-token values.
 
     ``entropy``, ``log_probs`` and ``high_entropy`` are lists as long as ``response_ids``
-    (non-finite values become null).
+    (non-finite values become null); so are, when given, ``rollout_log_probs`` (each token gets a
+    ``rollout_logprob``) and ``alternatives`` (a token gets the list at its place unless it is
+    None). The record's ``prompt_id`` is ``prompt_id(prompt_ids)``; ``probe`` marks a response to
+    a probe prompt.
 
     Example (a toy byte-level tokenizer: an id is a byte, and a character split over several
     tokens goes whole to the one that completes it):
@@ -208,13 +274,18 @@ def build_record(
     pure_texts = token_texts(tokenizer, list(response_ids)) if n_prompt else full_texts
 
     def response_token(text, j, tid):
-        return {
+        token = {
             "text": text,
             "high_entropy": bool(high_entropy[j]),
             "entropy_score": finite_or_none(entropy[j]),
             "id": int(tid),
             "logprob": finite_or_none(log_probs[j]),
         }
+        if rollout_log_probs is not None:
+            token["rollout_logprob"] = finite_or_none(rollout_log_probs[j])
+        if alternatives is not None and alternatives[j] is not None:
+            token["alternatives"] = alternatives[j]
+        return token
 
     prompt_tokens = [
         {"text": text, "high_entropy": False, "entropy_score": None, "prompt": True, "id": int(tid)}
@@ -228,7 +299,7 @@ def build_record(
     info["reward"] = finite_or_none(info.get("reward"))
     info["response_length"] = len(response_ids)
     prompt_decoded = "".join(full_texts[:n_prompt])
-    return {
+    record = {
         "global_step": int(global_step),
         "experience_index": int(experience_index),
         "sample_in_exp": int(sample_in_exp),
@@ -244,7 +315,11 @@ def build_record(
         "group_index": group_index,
         "high_entropy_threshold": finite_or_none(threshold),
         "high_entropy_token_ratio": ratio,
+        "prompt_id": prompt_id(prompt_ids),
     }
+    if probe:
+        record["probe"] = True
+    return record
 
 
 def _info_value(v):

@@ -4,6 +4,14 @@ The saver reads OpenRLHF-style experience objects by attribute and never calls b
 training. It sees every response of the step, so the high-entropy threshold is the step's, then
 keeps a few responses (``--trajectory_sampling``) and writes them with their per-token texts,
 entropies and marks. A failure to write is a warning, not a crash, unless ``--trajectory_strict``.
+
+What an experience may carry beyond OpenRLHF's fields, each read when present (a trainer that has
+none of them gets files without those keys): ``rollout_log_probs`` (B, A), the log-probs the
+rollout engine reported (saved as ``rollout_logprob``, and the manifest's ``logprob_mismatch``);
+``alternative_ids`` / ``alternative_log_probs`` (B, A, K), the top K of the sampling distribution
+(saved as ``alternatives`` on marked tokens, or on all, ``--alternatives_for``). Probe responses
+(experiences of the run's probe prompts) go to ``probes_step_<N>.json``, marked by the step's
+own threshold.
 """
 from __future__ import annotations
 
@@ -14,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .files import MANIFEST_FILE, STEPS_DIR, forget_steps_after, npz_file_name, step_file_name, upsert_manifest
-from .files import write_npz, write_records, write_summary
+from .alternatives import ALTERNATIVES_FOR, alternative_lists, fork_words
+from .files import MANIFEST_FILE, STEPS_DIR, forget_steps_after, npz_file_name, probe_file_name, step_file_name
+from .files import upsert_manifest, write_npz, write_records, write_summary
 from .folder_lock import FolderInUse, FolderLock
 from .layouts import ExperienceLayoutError, check_layout_name
-from .manifest_entry import manifest_entry
-from .marks import high_entropy_mask
+from .manifest_entry import manifest_entry, mismatch_summary
+from .marks import high_entropy_mask, marks_at_threshold
 from .records import StepBatch, build_record, collect_step
 from .sampling import choose_responses
 
@@ -65,6 +74,8 @@ class TrajectorySaver:
         group=None,
         run_info: dict | None = None,
         layout: str = "auto",
+        top_k_alternatives: int = 5,
+        alternatives_for: str = "high",
     ):
         self.out_dir = Path(out_dir)
         self.tokenizer = tokenizer
@@ -80,6 +91,10 @@ class TrajectorySaver:
         self.group = group
         self.run_info = run_info or {}
         self.layout = check_layout_name(layout)  # how experiences are laid out (layouts.py)
+        if alternatives_for not in ALTERNATIVES_FOR:
+            raise ValueError(f"alternatives_for must be one of {ALTERNATIVES_FOR}, got {alternatives_for!r}")
+        self.top_k_alternatives = max(0, int(top_k_alternatives))  # at most K alternatives a token (0: none)
+        self.alternatives_for = alternatives_for  # "high": on marked tokens only; "all": on every response token
         self.failures = 0
         self._lock = FolderLock(self.out_dir, "TrajectorySaver")  # taken by open() or the first write
 
@@ -115,6 +130,8 @@ class TrajectorySaver:
             group=group,
             run_info=run_info,
             layout=layout or get("trajectory_layout", "auto"),
+            top_k_alternatives=get("save_top_k_alternatives", 5),
+            alternatives_for=get("alternatives_for", "high"),
         )
 
     def open(self) -> "TrajectorySaver":
@@ -144,15 +161,18 @@ class TrajectorySaver:
     def should_save(self, global_step: int) -> bool:
         return global_step % self.save_every == 0
 
-    def save_step(self, global_step: int, experiences, marks=None) -> dict | None:
+    def save_step(self, global_step: int, experiences, marks=None, probes=None) -> dict | None:
         """Write step ``global_step``'s files; returns its manifest entry, or None when the step
         is not one to save or writing failed (a warning is logged; raised with ``strict``).
         ``marks``: the step's ``(marks, threshold)`` if the trainer has them already, as
-        ``high_entropy_mask`` gives them at this saver's ratio and scope; None: computed here."""
+        ``high_entropy_mask`` gives them at this saver's ratio and scope; None: computed here.
+        ``probes``: experiences of the responses to the run's probe prompts at this step (never
+        trained on): all of them go to ``probes_step_<N>.json``, marked by this step's threshold
+        (scope "response": each response's own), and the manifest line names the file."""
         if not self.should_save(global_step):
             return None
         try:
-            entry = self._save_step(global_step, experiences, marks)
+            entry = self._save_step(global_step, experiences, marks, probes)
         except FolderInUse:  # another run writes this folder: a configuration error, whatever strict says
             raise
         except Exception as e:  # the saver must never stop training unless asked to
@@ -177,7 +197,7 @@ class TrajectorySaver:
             self.failures = 0
         return entry
 
-    def _save_step(self, global_step: int, experiences, given_marks=None) -> dict:
+    def _save_step(self, global_step: int, experiences, given_marks=None, probes=None) -> dict:
         started = time.perf_counter()
         batch = collect_step(experiences, self.layout)  # an experience it cannot read touches no file
         self._lock.acquire()
@@ -186,19 +206,27 @@ class TrajectorySaver:
             batch.group, batch.rewards, self.num_to_save, self.sampling, seed=self.seed + global_step,
             forks=marks.sum(-1).tolist(),
         )
-        records = [self._record(batch, i, global_step, marks, threshold) for i in chosen]
-        write_records(self.out_dir / step_file_name(global_step), records)
+        path = self.out_dir / step_file_name(global_step)
+        write_records(path, self._records(batch, chosen, global_step, marks, threshold))
         if self.save_trace:
             self._write_trace(batch, global_step)
+        mask = batch.mask  # (R, A) every response token of the step
+        probe_file = None if probes is None else self._save_probes(global_step, probes, threshold)
         entry = manifest_entry(
             global_step,
             num_responses=len(batch),
-            num_saved=len(records),
+            num_saved=len(chosen),
             entropies=batch.entropy[batch.mask].numpy(),  # (n,) every response token of the step
             rewards=batch.rewards,
             ratio=self.ratio if self.mark_high_entropy else None,
             # per-response scope: one threshold per response, none for the step
             threshold=None if isinstance(threshold, torch.Tensor) else threshold,
+            file_bytes=path.stat().st_size,
+            # the step's fork words over all its responses, not only the saved ones
+            fork_words=fork_words(self.tokenizer, batch.responses[(marks & mask).numpy()]) if self.mark_high_entropy else None,
+            logprob_mismatch=None if batch.rollout_log_probs is None
+            else mismatch_summary(batch.log_probs[mask].numpy(), batch.rollout_log_probs[mask].numpy()),
+            probe_file=probe_file,
             save_seconds=round(time.perf_counter() - started, 4),
         )
         upsert_manifest(self.out_dir / MANIFEST_FILE, entry, repair=True)  # lines an earlier failure left out
@@ -210,7 +238,45 @@ class TrajectorySaver:
             return torch.zeros_like(batch.mask), None
         return high_entropy_mask(batch.entropy, batch.mask, self.ratio, scope=self.scope, group=self.group)
 
-    def _record(self, batch: StepBatch, i: int, global_step: int, marks, threshold) -> dict:
+    def _save_probes(self, global_step: int, probes, threshold) -> str:
+        """Write every probe response of the step, marked by the step's threshold; the file's name."""
+        batch = collect_step(probes, self.layout)
+        if not self.mark_high_entropy or batch.entropy.numel() == 0:
+            marks, tau = torch.zeros_like(batch.mask), None
+        elif self.scope == "step":
+            tau = float("nan") if threshold is None else float(threshold)
+            marks = marks_at_threshold(batch.entropy, batch.mask, tau)
+        else:  # per-response scope: each probe response ranked inside itself, as the step's are
+            marks, tau = high_entropy_mask(batch.entropy, batch.mask, self.ratio, scope="response")
+        name = probe_file_name(global_step)
+        write_records(self.out_dir / name, self._records(batch, range(len(batch)), global_step, marks, tau, probe=True))
+        return name
+
+    def _records(self, batch: StepBatch, chosen, global_step: int, marks, threshold, probe: bool = False):
+        """The records of responses ``chosen``, built one at a time as the file is written."""
+        alternatives = self._alternatives(batch, list(chosen), marks)
+        for i in chosen:
+            yield self._record(batch, i, global_step, marks, threshold, alternatives.get(i), probe)
+
+    def _alternatives(self, batch: StepBatch, chosen: list, marks) -> dict:
+        """Response index -> one entry per response token: its alternatives, or None where it gets
+        none. Looked up for all the chosen responses at once (one text per distinct token id)."""
+        if not self.top_k_alternatives or batch.alternative_ids is None or not chosen:
+            return {}
+        rows = np.asarray(chosen)
+        mask = batch.mask.numpy()[rows]  # (n, A)
+        wanted = mask if self.alternatives_for == "all" else mask & marks.numpy()[rows]  # (n, A)
+        r, c = np.nonzero(wanted)
+        lists = alternative_lists(self.tokenizer, batch.alternative_ids[rows[r], c],
+                                  batch.alternative_log_probs[rows[r], c], self.top_k_alternatives)
+        place = np.cumsum(mask, 1) - 1  # (n, A) index of each slot among its response's tokens
+        out = {i: [None] * int(m.sum()) for i, m in zip(chosen, mask)}
+        for ri, ci, alts in zip(r.tolist(), c.tolist(), lists):
+            out[chosen[ri]][place[ri, ci]] = alts or None
+        return out
+
+    def _record(self, batch: StepBatch, i: int, global_step: int, marks, threshold, alternatives=None,
+                probe: bool = False) -> dict:
         row_mask = batch.mask[i]
         tau = threshold[i].item() if isinstance(threshold, torch.Tensor) else threshold
         return build_record(
@@ -231,6 +297,9 @@ class TrajectorySaver:
             label=batch.labels[i],
             prompt_text=batch.prompts[i],
             group_index=batch.group[i],
+            rollout_log_probs=None if batch.rollout_log_probs is None else batch.rollout_log_probs[i][row_mask].tolist(),
+            alternatives=alternatives,
+            probe=probe,
         )
 
     def _write_trace(self, batch: StepBatch, global_step: int) -> None:

@@ -35,12 +35,15 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(getattr(encoded, "ids", encoded))  # tokenizers' Encoding, or transformers' list
 
 
-def toy_experience(tokenizer, prompts, responses, *, seed=0, rewards=None, labels=None, pad_response_to=None):
+def toy_experience(tokenizer, prompts, responses, *, seed=0, rewards=None, labels=None, pad_response_to=None,
+                   rollout_log_probs=False, top_k=0):
     """An OpenRLHF-style experience of ``prompts`` and their ``responses`` (texts): prompts
     left-padded, responses right-padded, the fields ``TrajectorySaver.save_step`` reads.
 
     Per-token values are random but seeded; ``action_entropy`` is positive and finite. Rewards
-    default to 0, 1, 0, 1, ...
+    default to 0, 1, 0, 1, ... ``rollout_log_probs``: also the rollout engine's log-probs (the
+    trainer's, off by up to 0.01); ``top_k``: also K alternatives per token (random ids, sorted
+    log-probs).
 
     Example:
         >>> exp = toy_experience(toy_tokenizer(), ["1+1=", "2+2="], ["2", "10"], rewards=[1.0, 0.0])
@@ -65,7 +68,7 @@ def toy_experience(tokenizer, prompts, responses, *, seed=0, rewards=None, label
         action_mask[i, : len(r)] = True
     rewards = torch.tensor(rewards if rewards is not None else [float(i % 2) for i in range(b)])
     advantages = torch.randn(b, a, generator=g) * action_mask  # (B, A)
-    return types.SimpleNamespace(
+    exp = types.SimpleNamespace(
         sequences=sequences,  # (B, S) prompt (left-padded) then response (right-padded)
         attention_mask=attention_mask,  # (B, S)
         action_mask=action_mask,  # (B, A) true on response tokens
@@ -77,3 +80,11 @@ def toy_experience(tokenizer, prompts, responses, *, seed=0, rewards=None, label
         labels=labels,
         prompts=list(prompts),
     )
+    if rollout_log_probs:  # (B, A) the rollout engine's log-probs: the trainer's, a little off
+        exp.rollout_log_probs = (exp.action_log_probs - torch.rand(b, a, generator=g) * 0.01) * action_mask
+    if top_k:
+        logits = torch.randn(b, a, 256, generator=g)  # (B, A, V) a random distribution per slot
+        top = torch.log_softmax(logits, -1).topk(top_k, dim=-1)
+        exp.alternative_ids = top.indices  # (B, A, K) most probable first
+        exp.alternative_log_probs = top.values  # (B, A, K)
+    return exp

@@ -22,9 +22,12 @@ CONSOLE_FIELDS = (
     ("entropy/threshold", "thr", "{:.3f}"),
     ("entropy/share_above", "above", "{:.0%}"),
     ("kl", "kl", "{:.4f}"),
+    # train-inference mismatch |logprob - rollout_logprob|: the step's mean and p95
+    ("mismatch/mean_abs", "mism", "{:.2g}"),
+    ("mismatch/p95_abs", "mism95", "{:.2g}"),
     ("policy_loss", "loss", "{:.4f}"),
 )
-STAGES = ("generate", "score", "forward", "advantages", "save", "update", "sync", "checkpoint")
+STAGES = ("generate", "score", "forward", "advantages", "probe", "save", "update", "sync", "checkpoint")
 
 
 def format_step_line(step: int, total: int, m: dict) -> str:

@@ -9,7 +9,9 @@ table of inputs on which the viewer, ``report`` and ``convert`` must agree:
   level that is not an array, an array of which no record has a token list;
 - read with a notice: NaN/Infinity literals (read as null), records skipped (not an object, no
   token list), and values repaired: a list where a number was expected (its mean), a number
-  written as a string, a token that is not an object, a text or entropy of the wrong type, ...;
+  written as a string, a token that is not an object, a text or entropy of the wrong type, format
+  v2's values of the wrong type (``alternatives`` that are not a list or hold malformed entries, a
+  ``rollout_logprob`` that is null or not a number, a ``prompt_id`` that is not a string), ...;
   ``[]`` is a step with no trajectories, which the saver writes for an empty batch;
 - read as it is: what the viewer does not need, such as a missing ``generated_text`` or token
   texts that do not join to it (``validate`` reports those).
@@ -122,11 +124,13 @@ def read_lenient_files(files, records: bool = True):
 
 # ----------------------------------------------------------------------------- the viewer's rules
 
-def _what(v) -> str:
+def _what(v) -> str:  # the viewer's what()
     if v is None:
         return "null"
     if isinstance(v, dict):
         return "an object"
+    if isinstance(v, list):
+        return "a list"
     return "a " + _typeof(v)
 
 
@@ -218,7 +222,42 @@ def _split(rec, issue):
     return ([t for t in gen if not _is_prompt(t)] if prompt else gen), prompt, "generated_tokens"
 
 
-_TOKEN_NUMBERS = ("logprob", "rollout_logprob")
+MAX_ALTERNATIVES = 32  # the viewer's MAX_ALTS: alternatives kept per token
+
+
+def _rollout_logprob(t, where: str, issue):
+    """A token's rollout_logprob (v2) when finite, with the viewer's notes otherwise."""
+    if "rollout_logprob" not in t:
+        return None
+    v = t["rollout_logprob"]
+    if _fin(v):
+        return v
+    issue(f"{where}.rollout_logprob", "rollout_logprob null (not finite when saved): no mismatch for that token"
+          if v is None else f"a rollout_logprob that is {_what(v)}, not a number (ignored)")
+    return None
+
+
+def _alternatives(v, where: str, issue):
+    """The viewer's ``alternatives``: the well-formed entries (at most 32) most probable first, as
+    FORMAT.md writes them (``id`` only where it is an integer); None for a value that is no list."""
+    if v is None:
+        return None
+    if not isinstance(v, list):
+        issue(f"{where}.alternatives", f"alternatives is {_what(v)}, not a list (ignored)")
+        return None
+    out = []
+    for a in v:
+        if len(out) == MAX_ALTERNATIVES:
+            issue(f"{where}.alternatives", f"more than {MAX_ALTERNATIVES} alternatives on a token (the first "
+                  f"{MAX_ALTERNATIVES} kept)")
+            break
+        if not isinstance(a, dict) or not isinstance(a.get("text"), str) or not _fin(a.get("logprob")):
+            issue(f"{where}.alternatives", "an alternative that is not {id, text, logprob} (ignored)")
+            continue
+        alt = {"id": a["id"]} if _is_integer(a.get("id")) and isinstance(a["id"], int) else {}
+        out.append({**alt, "text": a["text"], "logprob": a["logprob"]})
+    out.sort(key=lambda a: -a["logprob"])  # stable, as the viewer's sort
+    return out or None
 
 
 def _tokens(tokens, where: str, issue, build: bool, prompt: bool = False) -> list[dict] | None:
@@ -240,17 +279,33 @@ def _tokens(tokens, where: str, issue, build: bool, prompt: bool = False) -> lis
             if score is not None:
                 issue(f"{where}[{j}].entropy_score", "an entropy_score that is not a number")
             score = None
+        rollout = _rollout_logprob(t, f"{where}[{j}]", issue)
+        alternatives = _alternatives(t.get("alternatives"), f"{where}[{j}]", issue)
         if build:
             token = {"text": text, "high_entropy": t.get("high_entropy") is True, "entropy_score": score}
             if isinstance(t.get("id"), int) and not isinstance(t["id"], bool) and t["id"] >= 0:
                 token["id"] = t["id"]
-            token.update((k, t[k]) for k in _TOKEN_NUMBERS if _fin(t.get(k)))
-            if isinstance(t.get("alternatives"), list):
-                token["alternatives"] = t["alternatives"]
+            if _fin(t.get("logprob")):
+                token["logprob"] = t["logprob"]
+            if rollout is not None:
+                token["rollout_logprob"] = rollout
+            if alternatives is not None:
+                token["alternatives"] = alternatives
             if prompt:
                 token.update(prompt=True, high_entropy=False, entropy_score=None)
             out.append(token)
     return out
+
+
+def _prompt_id(rec, issue):
+    """The viewer's ``recordPromptId``: a string, or a number's text; a note for anything else."""
+    v = rec.get("prompt_id")
+    if v is None or isinstance(v, str):
+        return v
+    if _fin(v):
+        return _js_string(v)
+    issue("prompt_id", f"prompt_id is {_what(v)}, not a string (ignored)")
+    return None
 
 
 def _record(rec, ri: int, file_step, issue, build: bool):
@@ -283,12 +338,13 @@ def _record(rec, ri: int, file_step, issue, build: bool):
     reward = number("info.reward", info["reward"] if "reward" in info else rec.get("reward"), "reward")
     advantages, returns = number("advantages", rec.get("advantages")), number("return", rec.get("return"))
     length = number("info.response_length", info.get("response_length"), "response_length")
+    prompt_id = _prompt_id(rec, issue)
     if not build:
         return step, None
-    return step, _format_record(rec, ri, step, resp, prompt, info, reward, advantages, returns, length)
+    return step, _format_record(rec, ri, step, resp, prompt, info, reward, advantages, returns, length, prompt_id)
 
 
-def _format_record(rec, ri, step, resp, prompt, info, reward, advantages, returns, length) -> dict:
+def _format_record(rec, ri, step, resp, prompt, info, reward, advantages, returns, length, prompt_id) -> dict:
     """The record in FORMAT.md's shape: what convert writes, what stats counts."""
     resp_text = "".join(t["text"] for t in resp)
     prompt_joined = "".join(t["text"] for t in prompt)
@@ -321,8 +377,8 @@ def _format_record(rec, ri, step, resp, prompt, info, reward, advantages, return
         "group_index": group if _fin(group) or isinstance(group, str) else None,
         "high_entropy_threshold": rec.get("high_entropy_threshold") if _fin(rec.get("high_entropy_threshold")) else None,
         "high_entropy_token_ratio": rec.get("high_entropy_token_ratio") if _fin(rec.get("high_entropy_token_ratio")) else None,
-        "prompt_id": rec.get("prompt_id") if isinstance(rec.get("prompt_id"), str) else None,
-        "probe": rec.get("probe") if isinstance(rec.get("probe"), bool) else None,
+        "prompt_id": prompt_id,
+        "probe": True if rec.get("probe") is True else None,
     }
     record.update((k, v) for k, v in optional.items() if v is not None)
     return record

@@ -9,8 +9,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import MANIFEST_FILE, list_step_files, parse_manifest, step_file_name, step_of_file_name
-from .bounded import MAX_MANIFEST_BYTES, UnreadableFile, read_bytes
+import orjson
+
+from ..files import MANIFEST_FILE, SUMMARY_FILE, is_our_summary, list_probe_files, list_step_files, parse_manifest
+from ..files import step_file_name, step_of_file_name
+from .bounded import MAX_MANIFEST_BYTES, MAX_SUMMARY_BYTES, UnreadableFile, read_bytes
 from .schema import Problem, TrajectoryFormatError, parse_json_file, record_problems, validate_records
 
 
@@ -31,11 +34,13 @@ def resolve_step_files(path) -> list[Path]:
     raise FileNotFoundError(f"{path}: no trajectories_step_<N>.json files here or in {path / 'trajectories'}")
 
 
-def read_step_files(files, keep_invalid: bool = True, found: dict | None = None) -> tuple[list[dict], list[Problem]]:
+def read_step_files(files, keep_invalid: bool = True, found: dict | None = None,
+                    max_alternatives: int | None = None) -> tuple[list[dict], list[Problem]]:
     """The records of ``files`` and every problem found in them. A file that cannot be parsed, or
     whose top level is not an array, gives no records; with ``keep_invalid=False`` the records
     that break the format are dropped too. ``found``, when given, gets each readable file's
-    ``(number of records, the first high_entropy_threshold)``, for the manifest's checks."""
+    ``(number of records, the first high_entropy_threshold)``, for the manifest's checks;
+    ``max_alternatives``: the run's K, when known (``run_top_k``)."""
     records: list[dict] = []
     problems: list[Problem] = []
     for file in files:
@@ -43,7 +48,7 @@ def read_step_files(files, keep_invalid: bool = True, found: dict | None = None)
         problems.extend(parse_problems)
         if data is None:
             continue
-        problems.extend(validate_records(data, str(file)))
+        problems.extend(validate_records(data, str(file), max_alternatives))
         if not isinstance(data, list):
             continue
         if found is not None:
@@ -52,7 +57,7 @@ def read_step_files(files, keep_invalid: bool = True, found: dict | None = None)
         if keep_invalid:
             records.extend(data)
         else:
-            records.extend(r for i, r in enumerate(data) if not record_problems(r, i, str(file)))
+            records.extend(r for i, r in enumerate(data) if not record_problems(r, i, str(file), max_alternatives))
     return records, problems
 
 
@@ -103,6 +108,37 @@ def read_manifest_entries(folder) -> tuple[list[dict], list[Problem]]:
         return [], [Problem(str(manifest), None, None, error.reason)]
 
 
+def run_top_k(folder) -> int | None:
+    """The run's ``--save_top_k_alternatives`` K from our own summary.json in ``folder`` (None
+    when there is none, it is another tool's, or it does not say)."""
+    path = Path(folder) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        summary = orjson.loads(read_bytes(path, MAX_SUMMARY_BYTES))
+    except (UnreadableFile, orjson.JSONDecodeError):
+        return None
+    flags = summary.get("flags") if is_our_summary(summary) else None
+    k = flags.get("save_top_k_alternatives") if isinstance(flags, dict) else None
+    return k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else None
+
+
+def probe_problems(folder, entries: list[dict], probe_names) -> list[Problem]:
+    """A probe file that no manifest line names as its ``probe_file``, and a line whose
+    ``probe_file`` is missing (only when the manifest has lines of ours)."""
+    folder = Path(folder)
+    ours = [e for e in entries if isinstance(e.get("file"), str) and isinstance(e.get("global_step"), int)]
+    if not ours:
+        return []
+    named = {e["probe_file"]: e["global_step"] for e in ours if isinstance(e.get("probe_file"), str)}
+    problems = [Problem(str(folder / name), None, None, "a probe file that no manifest.jsonl line names as its "
+                        "probe_file (the manifest was not written after it, or it is another run's)")
+                for name in probe_names if name not in named]
+    problems += [Problem(str(folder / MANIFEST_FILE), None, None, f"step {step}: its probe_file {name} is missing")
+                 for name, step in named.items() if not (folder / Path(name).name).exists()]
+    return problems
+
+
 def manifest_problems(folder, found: dict | None = None) -> list[Problem]:
     """What disagrees between ``folder``'s manifest.jsonl and its step files: a line whose file is
     missing, and, given ``found`` (``read_step_files``'), a step file with no line (the manifest
@@ -148,9 +184,17 @@ class Checked:
 
 
 def check_trajectories(path) -> Checked:
-    """Check every step file that ``path`` names, and the manifest beside them: what
-    ``openrlhf-traj validate`` reports. Raises FileNotFoundError when ``path`` names none."""
+    """Check every step file that ``path`` names, the probe files beside them, and the manifest:
+    what ``openrlhf-traj validate`` reports. Raises FileNotFoundError when ``path`` names none."""
     files = resolve_step_files(path)
+    folder = files[0].parent
+    k = run_top_k(folder)
     found: dict = {}
-    records, problems = read_step_files(files, found=found)
-    return Checked(files, len(records), problems + manifest_problems(files[0].parent, found))
+    records, problems = read_step_files(files, found=found, max_alternatives=k)
+    problems += manifest_problems(folder, found)
+    probes = [p for _, p in list_probe_files(folder)] if Path(path).is_dir() else []
+    if probes:
+        probe_records, more = read_step_files(probes, max_alternatives=k)
+        records += probe_records
+        problems += more + probe_problems(folder, read_manifest_entries(folder)[0], [p.name for p in probes])
+    return Checked(files + probes, len(records), problems)

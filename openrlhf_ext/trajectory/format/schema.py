@@ -190,8 +190,9 @@ def make_writable(data) -> tuple[object, tuple]:
     return root[0], tuple(repairs)
 
 
-def validate_records(data, file: str) -> list[Problem]:
-    """Every problem of ``data`` (a parsed step file) against FORMAT.md's record shape.
+def validate_records(data, file: str, max_alternatives: int | None = None) -> list[Problem]:
+    """Every problem of ``data`` (a parsed step file) against FORMAT.md's record shape;
+    ``max_alternatives``: the run's K (``--save_top_k_alternatives``) when known.
 
     Example:
         >>> validate_records([{"global_step": 1}], "x.json")[0].field
@@ -204,7 +205,7 @@ def validate_records(data, file: str) -> list[Problem]:
         if len(problems) > 200:
             problems.append(Problem(file, None, None, "too many problems; stopped checking"))
             break
-        problems.extend(record_problems(rec, i, file))
+        problems.extend(record_problems(rec, i, file, max_alternatives))
     return problems
 
 
@@ -213,9 +214,10 @@ _TEXT_FIELDS = ("generated_text", "pure_generated_text")
 _TOKEN_FIELDS = ("generated_tokens", "pure_generated_tokens")
 
 
-def record_problems(rec, i: int, file: str) -> list[Problem]:
+def record_problems(rec, i: int, file: str, max_alternatives: int | None = None) -> list[Problem]:
     """Every problem of one record (``rec``, index ``i`` of ``file``): the fields FORMAT.md requires
-    and the types of those it allows."""
+    and the types of those it allows (version 2's too; a token's ``alternatives`` at most
+    ``max_alternatives`` when that is known)."""
     if not isinstance(rec, dict):
         return [Problem(file, i, None, f"record must be an object, got {type(rec).__name__}")]
     out = []
@@ -238,6 +240,10 @@ def record_problems(rec, i: int, file: str) -> list[Problem]:
             bad(f, "missing")
         elif not _is_number(rec[f]):
             bad(f, f"must be a number or null, got {_short(rec[f])}")
+    if "prompt_id" in rec and not isinstance(rec["prompt_id"], str):
+        bad("prompt_id", f"must be a string, got {_short(rec['prompt_id'])}")
+    if "probe" in rec and not isinstance(rec["probe"], bool):
+        bad("probe", "must be true or false")
     info = rec.get("info")
     if not isinstance(info, dict):
         bad("info", "missing" if info is None else f"must be an object, got {type(info).__name__}")
@@ -259,7 +265,7 @@ def record_problems(rec, i: int, file: str) -> list[Problem]:
             bad(f, f"must be an array of tokens, got {type(tokens).__name__}")
             continue
         for j, tok in enumerate(tokens):
-            msg = _token_problem(tok)
+            msg = _token_problem(tok, max_alternatives)
             if msg:
                 bad(f"{f}[{j}]{msg[0]}", msg[1])
                 break  # one per list is enough to locate the damage
@@ -270,7 +276,42 @@ def record_problems(rec, i: int, file: str) -> list[Problem]:
     return out
 
 
-def _token_problem(tok):
+# A log-probability is <= 0; float32 rounding (a label logit taken apart from its tile) may put a
+# most probable token's a hair above.
+_LOGPROB_SLACK = 1e-5
+
+
+def _logprob_problem(v) -> str | None:
+    if not (_is_number(v) and v is not None and math.isfinite(v)):
+        return f"must be a number, got {_short(v)}"
+    return f"must be <= 0 (a log-probability), got {_short(v)}" if v > _LOGPROB_SLACK else None
+
+
+def _alternatives_problem(alts, k: int | None):
+    """(where, message) of the first thing wrong with a token's ``alternatives``, or None."""
+    if not isinstance(alts, list):
+        return "", f"must be an array of {{id, text, logprob}}, got {_short(alts)}"
+    if k is not None and len(alts) > k:
+        return "", f"has {len(alts)} alternatives, more than the run's K = {k} (--save_top_k_alternatives)"
+    previous = math.inf
+    for m, alt in enumerate(alts):
+        if not isinstance(alt, dict):
+            return f"[{m}]", f"must be an object {{id, text, logprob}}, got {_short(alt)}"
+        if not _is_int(alt.get("id")):
+            return f"[{m}].id", "missing" if "id" not in alt else f"must be an integer, got {_short(alt['id'])}"
+        if not isinstance(alt.get("text"), str):
+            return f"[{m}].text", "missing" if "text" not in alt else "must be a string"
+        msg = _logprob_problem(alt.get("logprob")) if "logprob" in alt else "missing"
+        if msg:
+            return f"[{m}].logprob", msg
+        if alt["logprob"] > previous:
+            return f"[{m}].logprob", (f"{alt['logprob']:.6g} after {previous:.6g}: alternatives go most probable "
+                                      "first (FORMAT.md)")
+        previous = alt["logprob"]
+    return None
+
+
+def _token_problem(tok, max_alternatives: int | None = None):
     if not isinstance(tok, dict):
         return "", f"token must be an object, got {type(tok).__name__}"
     if not isinstance(tok.get("text"), str):
@@ -286,4 +327,12 @@ def _token_problem(tok):
         return ".id", "must be an integer"
     if "logprob" in tok and tok["logprob"] is not None and not _is_number(tok["logprob"]):
         return ".logprob", "must be a number or null"
+    if tok.get("rollout_logprob") is not None:
+        msg = _logprob_problem(tok["rollout_logprob"])
+        if msg:
+            return ".rollout_logprob", msg.replace("must be a number", "must be a number or null")
+    if "alternatives" in tok:
+        msg = _alternatives_problem(tok["alternatives"], max_alternatives)
+        if msg:
+            return ".alternatives" + msg[0], msg[1]
     return None

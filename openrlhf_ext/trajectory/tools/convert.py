@@ -46,7 +46,7 @@ from tqdm import tqdm
 from openrlhf_ext import __version__
 
 from ..files import MANIFEST_FILE, MAX_STEP, SUMMARY_FILE, step_file_name, upsert_manifest, utc_now, write_records
-from ..files import write_summary
+from ..files import is_our_summary, write_summary
 from ..folder_lock import FolderLock
 from ..format import UnreadableFile, read_bytes
 from ..format.bounded import MAX_SUMMARY_BYTES
@@ -120,8 +120,8 @@ def load_tokenizer(path: str | Path):
 def _summary_tokenizer(src: Path) -> tuple[str | None, str | None]:
     """(usable path, name) of the tokenizer our own summary.json records for SRC.
 
-    Only a format_version 1 summary (ours) is trusted: other trainers' (format_version 2) carry
-    other fields. The path is usable when it exists here; a hub name is returned as `name` only,
+    Only our own summary is trusted (``is_our_summary``: its ``generator``, or format_version 1):
+    other trainers' (format_version 2 too) carry other fields. The path is usable when it exists here; a hub name is returned as `name` only,
     so that nothing is downloaded unless the user passes it with --tokenizer."""
     folder = src.parent if src.name == "steps" else src
     path = folder / SUMMARY_FILE
@@ -129,7 +129,7 @@ def _summary_tokenizer(src: Path) -> tuple[str | None, str | None]:
         summary = orjson.loads(read_bytes(path, MAX_SUMMARY_BYTES))
     except (UnreadableFile, orjson.JSONDecodeError):
         return None, None
-    if not isinstance(summary, dict) or summary.get("format_version") != 1:
+    if not is_our_summary(summary):
         return None, None
     for key in ("tokenizer", "model"):
         value = summary.get(key)
@@ -271,7 +271,8 @@ def _write_steps(kind, src, out_dir, wanted, found, tokenizer, summary, progress
         except TypeError as error:  # a value orjson cannot write (nested over 254 levels)
             raise ConvertError(f"{label}: step {global_step} cannot be written as strict JSON: {error}") from None
         upsert_manifest(out_dir / MANIFEST_FILE, manifest_entry(
-            global_step, num_saved=num_saved, ratio=step_ratio, converted_from=label, **step_info))
+            global_step, num_saved=num_saved, ratio=step_ratio, converted_from=label,
+            file_bytes=(out_dir / step_file_name(global_step)).stat().st_size, **step_info))
         written.append(global_step)
         del data, records, step_info  # before the next step is loaded
         write_summary(out_dir, summary, created_at=created_at)
