@@ -14,11 +14,7 @@ import json
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-# Rows the viewer of this branch does not agree with yet, and why (the test marks them xfail).
-VIEWER_PENDING: dict = {  # rows the viewer does not agree with yet: name -> reason (xfail)
-    name: "format v2's notices: the viewer of branch viewer2 gives them, this branch's reads version 1"
-    for name in ("alternatives that are not a list", "a rollout_logprob of NaN", "a prompt_id that is an object")
-}
+VIEWER_PENDING: dict = {}  # rows the viewer does not agree with yet: name -> reason (xfail)
 
 
 def _token(text, entropy=None, high=False, prompt=False):

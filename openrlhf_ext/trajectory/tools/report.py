@@ -35,7 +35,8 @@ from pathlib import Path
 
 import jinja2
 
-from ..files import MANIFEST_FILE, SUMMARY_FILE, atomic_write_bytes, dumps_strict_json, step_of_file_name
+from ..files import MANIFEST_FILE, SUMMARY_FILE, atomic_write_bytes, dumps_strict_json
+from ..files import probe_step_of_file_name, step_of_file_name
 from ..format import Problem, UnreadableFile, load_trajectories, read_bytes, read_lenient, resolve_step_files
 from ..format.bounded import MAX_MANIFEST_BYTES, MAX_STEP_FILE_BYTES, MAX_SUMMARY_BYTES
 from ..format.schema import writable_text
@@ -162,7 +163,6 @@ def find_step_files(paths) -> list[tuple[int | None, Path]]:
     return sorted(found, key=lambda item: (item[0] is None, item[0] or 0, str(item[1])))
 
 
-_PROBE_FILE_RE = re.compile(r"^probes_step_(\d+)\.json$")
 
 
 def _run_metadata(paths, wanted=None) -> list[tuple[str, str]]:
@@ -177,7 +177,7 @@ def _run_metadata(paths, wanted=None) -> list[tuple[str, str]]:
         return []
     folder = resolve_step_files(folders[0])[0].parent  # a save_path's trajectories/ too
     out = []
-    probes = sorted((int(m.group(1)), p.name) for p in folder.iterdir() if (m := _PROBE_FILE_RE.match(p.name)))
+    probes = sorted((k, p.name) for p in folder.iterdir() if (k := probe_step_of_file_name(p.name)) is not None)
     probe_files = [(n, MAX_STEP_FILE_BYTES) for k, n in probes if wanted is None or k in wanted]
     for name, limit in ((MANIFEST_FILE, MAX_MANIFEST_BYTES), (SUMMARY_FILE, MAX_SUMMARY_BYTES), *probe_files):
         path = folder / name
