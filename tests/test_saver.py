@@ -233,3 +233,23 @@ def test_forks_sampling_saves_the_groups_with_the_most_marked_tokens(tmp_path, t
     records = load_trajectories(tmp_path / "trajectories")
     assert [(r["experience_index"], r["sample_in_exp"]) for r in records] == [(1, 2), (1, 3)]
     assert all(any(t["high_entropy"] for t in r["pure_generated_tokens"]) for r in records)
+
+
+@pytest.mark.parametrize("width", ["sequence", "short"])
+def test_a_per_token_tensor_of_the_wrong_width_is_refused_naming_both_shapes(tmp_path, width):
+    """action_entropy of shape (B, S) instead of (B, A) used to be cropped to its first A columns
+    (entropies of the wrong positions), a too-short one padded with nulls, and validate said OK.
+    Now it is an error that names both shapes, and nothing is written."""
+    from openrlhf_ext.trajectory import ExperienceLayoutError
+    from openrlhf_ext.trajectory.toy import toy_experience, toy_tokenizer
+
+    tok = toy_tokenizer()
+    exp = toy_experience(tok, ["1+1=", "2+2="], ["2", "10"])
+    b, s = exp.sequences.shape
+    a = exp.action_mask.shape[1]
+    exp.action_entropy = torch.rand(b, s) if width == "sequence" else torch.rand(b, a - 1)
+    saver = TrajectorySaver(tmp_path / "run", tok, strict=True)
+    with pytest.raises(ExperienceLayoutError, match=rf"action_entropy is \({b}, {exp.action_entropy.shape[1]}\) "
+                                                    rf"but action_mask is \({b}, {a}\)"):
+        saver.save_step(1, [exp])
+    assert not (tmp_path / "run").exists()
