@@ -7,6 +7,7 @@ import pytest
 MODULES = [
     "openrlhf_ext.trainer.advantages",
     "openrlhf_ext.datasets.prompts",
+    "openrlhf_ext.datasets.column_addition",
     "openrlhf_ext.rewards",
     "openrlhf_ext.rewards.math_verify_reward",
     "openrlhf_ext.rewards.remote",

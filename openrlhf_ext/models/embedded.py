@@ -144,7 +144,7 @@ def sample_solutions(model, tokenizer, prompts: list[str], temperature: float = 
 
     Example:
         >>> sample_solutions(model, tok, ["347+285="])[0]  # doctest: +SKIP
-        '7+5=12\n4+8+1=13\n3+2+1=6\n\\boxed{632}'
+        '7+5=12\\n4+8+1=13\\n3+2+1=6\\n\\\\boxed{632}'
     """
     was_training = model.training
     model.eval()
