@@ -126,10 +126,10 @@ def run_trl(steps: int, extra: list[str]) -> dict:
     return out
 
 
-def reward_summary(rewards: list[float]) -> str:
-    """First step's mean reward -> the mean of the last 3 steps' (one step's 512 samples are noisy)."""
-    last = rewards[-3:]
-    return f"{rewards[0]:.3f} -> {sum(last) / len(last):.3f} (step 1 -> mean of the last {len(last)}, {len(rewards)} steps)"
+def reward_summary(rewards: list[float], k: int = 5) -> str:
+    """Mean reward of the first k steps -> of the last k (one step's 512 samples are noisy)."""
+    k = max(1, min(k, len(rewards) // 2))
+    return f"{sum(rewards[:k]) / k:.3f} -> {sum(rewards[-k:]) / k:.3f} (first {k} -> last {k} of {len(rewards)} steps)"
 
 
 def main() -> None:
