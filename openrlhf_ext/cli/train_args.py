@@ -42,7 +42,7 @@ def build_train_parser() -> argparse.ArgumentParser:
         description=(
             "OpenRLHF-style RL training (PPO/GRPO/REINFORCE++) on Ray + DeepSpeed with vLLM or "
             "Hugging Face generate for rollouts, saving trajectories with per-token entropy. "
-            "With no model flags it trains the small embedded arithmetic model on the CPU."
+            "With no model flags it trains the small embedded model on worked 3-digit additions on the CPU."
         ),
         formatter_class=_DefaultsHelpFormatter,
     )
