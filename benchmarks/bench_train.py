@@ -165,6 +165,9 @@ def main() -> None:
                   f"reward {reward_summary(r['rewards'])}")
         print(f"  ratio: {ours['steps/s'] / trl['steps/s']:.2f}x TRL's steps/s, "
               f"{ours['tokens/s'] / trl.get('tokens/s', float('nan')):.2f}x its tokens/s")
+        # the saving runs come after TRL: together with the baseline before it they bracket its load
+        print("  with the saver (runs after TRL's): " + ", ".join(
+            f"{name} {r['steps/s'] / trl['steps/s']:.2f}x" for name, r in list(results.items())[1:]))
     base = results["baseline (no saver)"]
     for name, _ in runs[1:]:
         r = results[name]
