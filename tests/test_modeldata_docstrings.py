@@ -15,6 +15,7 @@ MODULES = [
     "openrlhf_ext.algo.kl",
     "openrlhf_ext.algo.losses",
     "openrlhf_ext.datasets.prompts",
+    "openrlhf_ext.datasets.column_addition",
     "openrlhf_ext.rewards",
     "openrlhf_ext.rewards.math_verify_reward",
     "openrlhf_ext.rewards.remote",

@@ -1,9 +1,11 @@
-"""Prompt sets: the built-in arithmetic task, and user files read through `datasets`."""
+"""Prompt sets: the built-in addition task and its worked solutions, and user files read through `datasets`."""
 import json
+import random
 from argparse import Namespace
 
 import pytest
 
+from openrlhf_ext.datasets.column_addition import SOLUTION_MAX_TOKENS, operands, token_roles, worked_solution
 from openrlhf_ext.datasets.prompts import builtin_prompts, load_prompts
 
 
@@ -21,13 +23,50 @@ class ChatTok:
         return text + ("<|assistant|>" if add_generation_prompt else "")
 
 
-def test_builtin_prompts_are_seeded_sums():
+def test_builtin_prompts_are_seeded_3_digit_sums():
     a, b = builtin_prompts(50, seed=3), builtin_prompts(50, seed=3)
     assert a == b and a != builtin_prompts(50, seed=4)
     for p in a:
         x, y = p["prompt"].rstrip("=").split("+")
-        assert p["prompt"].endswith("=") and int(x) + int(y) == int(p["label"])
-    assert len({p["prompt"] for p in builtin_prompts(500, seed=0)}) > 250  # varied: most of the 400 sums appear
+        assert p["prompt"].endswith("=") and len(x) == len(y) == 3 and int(x) + int(y) == int(p["label"])
+    assert len({p["prompt"] for p in builtin_prompts(500, seed=0)}) > 490  # 810,000 problems: repeats are rare
+
+
+def test_worked_solution_adds_column_by_column():
+    # right to left, the carry brought in as +1, the answer boxed: what the embedded model writes
+    assert worked_solution(347, 285) == "7+5=12\n4+8+1=13\n3+2+1=6\n\\boxed{632}"
+    assert worked_solution(999, 999) == "9+9=18\n9+9+1=19\n9+9+1=19\n\\boxed{1998}"
+    for p in builtin_prompts(300, seed=2):
+        text = worked_solution(*operands(p["prompt"]))
+        assert text.endswith("\\boxed{" + p["label"] + "}") and len(text) + 1 <= SOLUTION_MAX_TOKENS
+        assert "other" not in token_roles(text)
+
+
+def test_a_careless_student_slips_only_at_decisions():
+    rng = random.Random(0)
+    right = worked_solution(347, 285)
+    slipped = [worked_solution(347, 285, rng, carry_slip=0.3, sum_slip=0.3) for _ in range(200)]
+    assert 0.1 < sum(s == right for s in slipped) / len(slipped) < 0.6
+    for text in slipped:
+        roles = token_roles(text)
+        assert "other" not in roles  # always in the solution's form
+        lines = text.split("\n")[:3]
+        assert [ln[0] + ln[2] for ln in lines] == ["75", "48", "32"]  # the digits are always copied right
+        # the answer is read off the student's own lines: its carry and its units digits
+        sums = [int(ln.split("=")[1]) for ln in lines]
+        assert text.endswith("\\boxed{" + ("1" if sums[-1] >= 10 else "") + "".join(str(s % 10) for s in sums[::-1]) + "}")
+        # wherever the slipped text differs from the right one first, that character is a decision
+        first = next((i for i, (c, d) in enumerate(zip(text, right)) if c != d), None)
+        if first is not None:
+            assert roles[first] == "decision", (text, first)
+
+
+def test_token_roles_follow_the_grammar_of_any_digits():
+    text = "7+5=13\n4+8=12\n3+2+1=6\n\\boxed{623}"  # two wrong decisions, still a solution
+    roles = token_roles(text)
+    assert [c for c, r in zip(text, roles) if r == "decision"] == list("13=12+6")
+    assert [c for c, r in zip(text, roles) if r == "copy"] == list("754832623")
+    assert token_roles("7+5=12\n4+x")[-3:] == ["other"] * 3  # off the grammar from the broken line on
 
 
 def test_builtin_set_when_no_prompt_data():

@@ -4,23 +4,29 @@ queries are prompt + response, decoded with special tokens (OpenRLHF's conventio
 """
 import json
 import pickle
+import random
 import threading
 from argparse import Namespace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from openrlhf_ext.rewards import FileReward, HttpReward, MathVerifyReward, RewardError, build_reward_fn
+from openrlhf_ext.rewards.math_verify_reward import math_verify_score, plain_number_verdict
 
 
 # --- default: math-verify on the final answer --------------------------------------------------
 
-def test_default_reward_is_exact_answer_for_the_arithmetic_task():
+def test_default_reward_is_exact_answer_for_the_addition_task():
     reward = build_reward_fn(Namespace(remote_rm_url=None))
-    prompts = ["12+7="] * 5 + ["99+99="]
-    queries = ["12+7=19", "12+7=19</s>", "12+7=18", "12+7=191", "12+7=", "99+99=198"]
-    labels = ["19"] * 5 + ["198"]
-    assert reward(queries, prompts, labels) == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    solution = "7+5=12\n4+8+1=13\n3+2+1=6\n"
+    queries = ["347+285=" + solution + "\\boxed{632}", "347+285=" + solution + "\\boxed{632}</s>",
+               "347+285=" + solution + "\\boxed{633}", "347+285=" + solution + "\\boxed{6320}",
+               "347+285=" + solution, "347+285=7+5=12\n\\boxed{63"]
+    assert reward(queries, ["347+285="] * 6, ["632"] * 6) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert reward(["12+7=19", "99+99=198"], ["12+7=", "99+99="], ["19", "198"]) == [1.0, 1.0]
 
 
 def test_the_prompt_numbers_are_not_taken_for_the_answer():
@@ -62,6 +68,68 @@ def test_no_label_scores_zero_even_for_an_empty_response():
 def test_lengths_must_agree():
     with pytest.raises(ValueError, match="differ in length"):
         MathVerifyReward()(["a", "b"], ["a"], ["1", "2"])
+
+
+# --- the plain-number shortcut and the batch call: math-verify's verdicts, computed faster ------
+
+def math_verify_itself(response: str, label: str) -> float:
+    """The reward as it was before any shortcut: math-verify parses both sides and compares."""
+    from math_verify import parse, verify
+
+    if not label.strip():
+        return 0.0
+    gold = parse(label)
+    if not gold:
+        return float(response.strip() == label.strip())
+    answer = parse(response)
+    return float(verify(gold, answer)) if answer else 0.0
+
+
+_digits = st.text("0123456789", min_size=1, max_size=24)
+_pad = st.text(" \n", max_size=3)
+_labels = st.one_of(st.builds(lambda a, d, b: a + d + b, _pad, _digits, _pad), st.integers(0, 10**6).map(str),
+                    st.sampled_from(["-3", "1/2", "\\frac{1}{2}", "0.5", "1,000", "x", " ", "12 3"]))
+_solutions = st.builds(lambda text, d, end: text + "\\boxed{" + d + "}" + end,
+                       st.text("0123456789+= \n", max_size=40), _digits, _pad)
+# pieces that steer math-verify elsewhere: LaTeX environments, "final answer", braces, signs, decimals
+_near = st.lists(st.sampled_from(["\\boxed{", "}", "{", "$", "\\(", "\\)", "\\[", "answer", "final answer is ",
+                                  "so ", "-", ".", ",", "%", "x", "1", "12", "0", "+", "=", " ", "\n", "\t",
+                                  "\\frac{1}{2}", "٣"]), max_size=12).map("".join)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(response=st.one_of(_solutions, _near, st.builds(str.__add__, _solutions, _near)), label=_labels)
+def test_plain_number_shortcut_returns_what_math_verify_returns(response, label):
+    fast = plain_number_verdict(response, label)
+    if fast is not None:
+        assert fast == math_verify_itself(response, label), (response, label)
+    assert math_verify_score(response, label) == math_verify_itself(response, label), (response, label)
+
+
+def test_the_shortcut_covers_the_worked_solutions():
+    # every well-formed solution of the built-in task, right or wrong, is judged without a parse
+    assert plain_number_verdict("7+5=12\n4+8+1=13\n3+2+1=6\n\\boxed{632}", "632") == 1.0
+    assert plain_number_verdict("7+5=12\n4+8=12\n3+2+1=6\n\\boxed{622}", "632") == 0.0
+    assert plain_number_verdict("\\boxed{0632}", "632") == 1.0  # math-verify reads the number
+    for text in ("so \\boxed{632}", "\\boxed{632} or \\boxed{1}", "$\\boxed{632}$", "\\boxed{-632}"):
+        assert plain_number_verdict(text, "632") is None  # left to math-verify
+
+
+def test_batch_call_equals_math_verify_per_response_with_and_without_the_pool():
+    rng = random.Random(0)
+    pieces = ["7+5=12\n", "4+8+1=13\n", "\\boxed{632}", "\\boxed{633}", "answer: 632", "$632$", "6 3 2", "}"]
+    responses = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 4))) for _ in range(120)]
+    labels = [rng.choice(["632", "633", "\\frac{1}{2}", ""]) for _ in responses]
+    queries = ["347+285=" + r for r in responses]
+    expected = [math_verify_itself(r, lab) for r, lab in zip(responses, labels)]
+    assert MathVerifyReward(num_workers=0)(queries, ["347+285="] * len(queries), labels) == expected
+    pooled = MathVerifyReward(num_workers=2)  # > POOL_MIN_ITEMS responses the shortcut leaves: the pool judges them
+    try:
+        assert pooled(queries, ["347+285="] * len(queries), labels) == expected
+        assert pooled._pool is not None
+        assert pickle.loads(pickle.dumps(pooled))._pool is None  # a copy for a Ray worker starts its own
+    finally:
+        pooled.close()
 
 
 # --- a .py file defining reward_func -----------------------------------------------------------

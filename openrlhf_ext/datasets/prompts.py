@@ -7,43 +7,30 @@ is what the reward function compares the response with.
 Example:
     >>> from openrlhf_ext.datasets.prompts import builtin_prompts
     >>> builtin_prompts(2, seed=0)
-    [{'prompt': '12+13=', 'label': '25'}, {'prompt': '1+8=', 'label': '9'}]
+    [{'prompt': '964+494=', 'label': '1458'}, {'prompt': '876+530=', 'label': '1406'}]
 """
 from __future__ import annotations
 
 import os
 import random
 
-# The embedded model (openrlhf_ext/models/embedded.py) was warmed up on exactly this template, so
-# changing it here makes the shipped model a stranger to its own task: rebuild it if you do.
-# Operands up to 19: a 2-layer model learns these sums in a few hundred steps on a CPU, while
-# 2-digit operands (0-99) needed thousands, far past the one-minute warm-up budget.
-ARITHMETIC_MAX_OPERAND = 19
-
-
-def arithmetic_problem(rng: random.Random) -> dict:
-    """One problem of the synthetic task: ``"a+b="`` with ``0 <= a, b <= 19``; label is the sum.
-
-    Example:
-        >>> arithmetic_problem(random.Random(0))
-        {'prompt': '12+13=', 'label': '25'}
-    """
-    a = rng.randint(0, ARITHMETIC_MAX_OPERAND)
-    b = rng.randint(0, ARITHMETIC_MAX_OPERAND)
-    return {"prompt": f"{a}+{b}=", "label": str(a + b)}
+# The built-in task (column addition with a worked solution) lives in column_addition.py; the
+# embedded model (openrlhf_ext/models/embedded.py) was warmed up on exactly its prompts and
+# solutions, so changing either makes the shipped model a stranger to its own task: rebuild it.
+from openrlhf_ext.datasets.column_addition import addition_problem
 
 
 def builtin_prompts(num: int, seed: int = 42) -> list[dict]:
-    """``num`` arithmetic prompts drawn with their own ``random.Random(seed)`` (global RNGs untouched).
+    """``num`` addition prompts drawn with their own ``random.Random(seed)`` (global RNGs untouched).
 
     Example:
         >>> [p["prompt"] for p in builtin_prompts(3, seed=1)]
-        ['4+18=', '2+8=', '3+15=']
+        ['237+682=', '967+921=', '882+164=']
     """
     if num < 0:
         raise ValueError(f"num must be >= 0, got {num}")
     rng = random.Random(seed)
-    return [arithmetic_problem(rng) for _ in range(num)]
+    return [addition_problem(rng) for _ in range(num)]
 
 
 BUILTIN_PROMPT_COUNT = 4096  # size of the built-in set when --max_samples does not say
@@ -85,7 +72,7 @@ def load_prompts(args, tokenizer=None) -> list[dict]:
     """The RL prompt set the flags ask for, as ``[{"prompt": str, "label": str}, ...]``.
 
     Flags read from ``args`` (OpenRLHF's names; absent ones take the defaults shown):
-    ``prompt_data`` (None: the built-in arithmetic set), ``input_key`` ("input"), ``label_key``
+    ``prompt_data`` (None: the built-in addition set), ``input_key`` ("input"), ``label_key``
     (None: labels are ""), ``apply_chat_template`` (False), ``input_template`` (None, e.g.
     ``"Q: {}\\nA: "``), ``max_samples`` (all), ``prompt_split`` ("train"), ``seed`` (42).
     With ``apply_chat_template`` a string input becomes one user message; a list of messages is
@@ -94,7 +81,7 @@ def load_prompts(args, tokenizer=None) -> list[dict]:
     Example:
         >>> from argparse import Namespace
         >>> load_prompts(Namespace(prompt_data=None, max_samples=2, seed=0))
-        [{'prompt': '12+13=', 'label': '25'}, {'prompt': '1+8=', 'label': '9'}]
+        [{'prompt': '964+494=', 'label': '1458'}, {'prompt': '876+530=', 'label': '1406'}]
         >>> # a jsonl file with {"question": "...", "answer": "..."} rows:
         >>> load_prompts(Namespace(prompt_data="gsm8k.jsonl", input_key="question", label_key="answer"))  # doctest: +SKIP
     """
