@@ -186,12 +186,14 @@ def test_records_are_verls_rollouts_with_their_entropy(run):
     folder, steps, tok, _ = run
     for step, (ro, batch) in steps.items():
         records = load_trajectories(folder / "trajectories" / f"trajectories_step_{step}.json")
-        by_key = {(tuple(p), tuple(r)): i for i, (p, r) in enumerate(zip(ro.prompt_ids, ro.response_ids))}
         groups = {}
         for rec in records:
             ids = [t["id"] for t in rec["generated_tokens"]]
             n_p = sum(1 for t in rec["generated_tokens"] if t.get("prompt"))
-            i = by_key[(tuple(ids[:n_p]), tuple(ids[n_p:]))]
+            # verl's batch is one experience: sample_in_exp is the row (two samples of a prompt may
+            # be the same text, so the row is not found by its ids)
+            i = rec["sample_in_exp"]
+            assert rec["experience_index"] == 0 and (ids[:n_p], ids[n_p:]) == (ro.prompt_ids[i], ro.response_ids[i])
             assert rec["prompt_text"] == ro.prompts[i] and rec["label"] == ro.labels[i]
             assert rec["generated_text"] == tok.decode(ids) == "".join(t["text"] for t in rec["generated_tokens"])
             assert rec["pure_generated_text"] == tok.decode(ro.response_ids[i])
@@ -228,7 +230,7 @@ def test_a_reordered_batch_is_saved_without_entropy_rather_than_misaligned(tmp_p
     trainer.global_steps = 1
     old, _ = trainer._compute_old_log_prob(batch)
     batch = batch.union(old)
-    batch.reorder(torch.tensor([1, 0, 3, 2]))
+    batch.reorder(torch.tensor([2, 3, 0, 1]))  # the two prompts swap (two samples of one prompt may be the same text)
     trainer.critic_wg = CPUCriticWorkerGroup()
     trainer._update_critic(batch)  # the first update of the step saves (critic warm-up steps too)
     trainer._update_actor(batch)  # ... once
