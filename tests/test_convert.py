@@ -20,6 +20,7 @@ from openrlhf_ext.trajectory import TrajectorySaver, high_entropy_mask, load_tra
 from openrlhf_ext.trajectory.tools.cli import main as cli_main
 from openrlhf_ext.trajectory.tools.convert import convert, load_tokenizer
 from openrlhf_ext.trajectory.tools.convert_jsonl import word_chunks
+from openrlhf_ext.trajectory.tools.stats import step_rows
 from openrlhf_ext.trajectory.tools.errors import ConvertError
 from tests.conftest import make_byte_level_tokenizer, make_experience
 
@@ -173,6 +174,48 @@ def test_saver_trace_round_trip_gives_the_savers_records(tmp_path, tokenizer, to
     for key in ("num_responses", "num_response_tokens", "high_entropy_threshold", "reward_mean"):
         assert my_manifest[key] == pytest.approx(saver_manifest[key]), key
     assert my_manifest["entropy"] == pytest.approx(saver_manifest["entropy"])
+    # the whole step's fork words, from every response of the trace as the saver counted them
+    assert saver_manifest["fork_words"] and my_manifest["fork_words"] == saver_manifest["fork_words"]
+
+
+def test_converted_step_files_get_the_manifests_fork_words_and_mismatch(tmp_path):
+    """Step files of another saver (no manifest of their own): the converted manifest counts the
+    fork words of their marked tokens and the train-inference mismatch of their tokens, so the
+    viewer's across-steps views and `stats` show them as for a run of ours."""
+    def tok(text, high, lp=None, rlp=None):
+        t = {"text": text, "high_entropy": high, "entropy_score": 1.0 if high else 0.1}
+        if lp is not None:
+            t["logprob"] = lp
+        if rlp is not None:
+            t["rollout_logprob"] = rlp
+        return t
+
+    records = [
+        {"global_step": 3, "pure_generated_tokens": [tok(" Wait", True, -1.0, -1.25), tok(",", False, -0.1, -0.1),
+                                                     tok("Wait", True, -2.0, -2.5)], "info": {"reward": 1.0}},
+        {"global_step": 3, "pure_generated_tokens": [tok(" So", True, -0.5), tok(" 4", False)], "info": {"reward": 0.0}},
+    ]
+    src = tmp_path / "other"
+    src.mkdir()
+    (src / "trajectories_step_3.json").write_text(json.dumps(records))
+    convert(src, tmp_path / "out")
+    entry = json.loads((tmp_path / "out" / "manifest.jsonl").read_text())
+    assert entry["fork_words"] == [["Wait", 2], ["So", 1]]  # " Wait" and "Wait" are one word
+    # |diff| over the 3 tokens that carry both: 0.25, 0, 0.5
+    assert entry["logprob_mismatch"]["mean_abs"] == pytest.approx(0.25)
+    assert entry["logprob_mismatch"]["max_abs"] == pytest.approx(0.5)
+    row, = step_rows(tmp_path / "out")
+    assert row["fork_words"][:2] == [("Wait", 2), ("So", 1)] and row["mismatch_mean"] == pytest.approx(0.25)
+
+    # files with no marks and no rollout log-probs: neither key (FORMAT.md: written when known)
+    for r in records:
+        for t in r["pure_generated_tokens"]:
+            t["high_entropy"] = False
+            t.pop("rollout_logprob", None)
+    (src / "trajectories_step_3.json").write_text(json.dumps(records))
+    convert(src, tmp_path / "plain")
+    entry = json.loads((tmp_path / "plain" / "manifest.jsonl").read_text())
+    assert "fork_words" not in entry and "logprob_mismatch" not in entry
 
 
 def test_npz_steps_folder_uncompressed_and_step_selection(tmp_path, tokenizer):

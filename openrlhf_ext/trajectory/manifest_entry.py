@@ -117,6 +117,41 @@ def count_fork_words(texts, counts, top: int = MAX_FORK_WORDS) -> list[list]:
     return [[w, c] for w, c in sorted(merged.items(), key=lambda wc: (-wc[1], wc[0]))[:top]]
 
 
+def record_fork_words(records, top: int = MAX_FORK_WORDS) -> list[list] | None:
+    """``fork_words`` of FORMAT.md records: their high-entropy tokens' texts counted as
+    ``count_fork_words`` counts them, or None when no token is marked. What a manifest line and
+    ``stats`` give for step files that came without the whole step's counts.
+
+    Example:
+        >>> tokens = [{"text": " Wait", "high_entropy": True}, {"text": ",", "high_entropy": False}]
+        >>> record_fork_words([{"pure_generated_tokens": tokens}] * 2)
+        [['Wait', 2]]
+    """
+    counts: dict[str, int] = {}
+    for r in records:
+        for t in r["pure_generated_tokens"]:
+            if t["high_entropy"]:
+                counts[t["text"]] = counts.get(t["text"], 0) + 1
+    return count_fork_words(counts, counts.values(), top) or None
+
+
+def record_mismatch(records) -> dict | None:
+    """``mismatch_summary`` over the tokens of FORMAT.md records that carry both ``logprob`` and
+    ``rollout_logprob``; None when none does.
+
+    Example:
+        >>> tokens = [{"logprob": -1.0, "rollout_logprob": -1.5}, {"logprob": -2.0}]
+        >>> record_mismatch([{"pure_generated_tokens": tokens}])
+        {'mean_abs': 0.5, 'p95_abs': 0.5, 'max_abs': 0.5}
+    """
+    pairs = [(t["logprob"], t["rollout_logprob"]) for r in records for t in r["pure_generated_tokens"]
+             if "logprob" in t and "rollout_logprob" in t]
+    if not pairs:
+        return None
+    log_probs, rollout_log_probs = zip(*pairs)
+    return mismatch_summary(log_probs, rollout_log_probs)
+
+
 def entropy_summary(values) -> dict:
     """mean, std, min, max, p50, p80, p95 of the finite values (all None when there are none).
 

@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..alternatives import fork_words
 from ..files import STEPS_DIR, finite_or_none, list_npz_files, npz_step_of_file_name
 from ..format.bounded import human_bytes
 from ..marks import high_entropy_mask
@@ -311,6 +312,8 @@ def npz_step_records(step: NpzStep, tokenizer, ratio: float, scope: str = "step"
         "entropies": step.entropies[step.response_mask],  # (N,) every response token of the step
         "rewards": rewards,
         "threshold": threshold,
+        # the whole step's fork words, read as the saver reads them (each token's own text)
+        "fork_words": fork_words(tokenizer, step.responses[marks & step.response_mask]),
     }
     return records(), step_info
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..format import Problem, parse_json_file, read_lenient_files, resolve_step_files, validate_records
+from ..manifest_entry import record_fork_words, record_mismatch
 from ..sampling import choose_responses
 from .errors import ConvertError
 
@@ -96,6 +97,9 @@ def trajectory_step_records(records: list[dict], limit: int | None, sampling: st
         "num_response_tokens": sum(len(r["pure_generated_tokens"]) for r in records),
         "rewards": rewards,
         "threshold": next((r["high_entropy_threshold"] for r in records if "high_entropy_threshold" in r), None),
+        # over the file's records: a step file holds the responses its saver kept, not the whole step
+        "fork_words": record_fork_words(records),
+        "logprob_mismatch": record_mismatch(records),
     }
     ratio = next((r["high_entropy_token_ratio"] for r in records if "high_entropy_token_ratio" in r), None)
     return chosen, step_info, ratio

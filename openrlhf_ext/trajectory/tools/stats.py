@@ -8,15 +8,13 @@ a crash.
 """
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 
 from ..files import list_probe_files
 from ..format import Problem, read_lenient_files, read_manifest_entries, resolve_step_files
 from ..format.reading import probe_problems
 from ..format.schema import writable_text
-from ..manifest_entry import entropy_summary, fork_word, mismatch_summary
+from ..manifest_entry import entropy_summary, record_fork_words, record_mismatch
 
 COLUMNS = ("step", "responses", "saved", "tokens", "mean_entropy", "threshold", "p50", "p80", "p95", "reward_mean")
 HEADINGS = ("step", "resp", "saved", "tokens", "H mean", "thresh", "p50", "p80", "p95", "reward")
@@ -64,17 +62,12 @@ def step_rows(path, top_words: int = 5, notices: list[Problem] | None = None) ->
 
 
 def _row(name: str, step, records: list[dict], m: dict, top_words: int) -> dict:
-    ents, words, rewards, n_tokens, thresholds, lps, rlps = [], Counter(), [], 0, [], [], []
+    ents, rewards, n_tokens, thresholds = [], [], 0, []
     for r in records:  # FORMAT.md records (read_lenient): the types are the format's
         for t in r["pure_generated_tokens"]:
             n_tokens += 1
             if t["entropy_score"] is not None:
                 ents.append(float(t["entropy_score"]))
-            if t["high_entropy"]:
-                words[fork_word(t["text"])] += 1
-            if "rollout_logprob" in t and "logprob" in t:
-                lps.append(t["logprob"])
-                rlps.append(t["rollout_logprob"])
         if r["info"]["reward"] is not None:
             rewards.append(float(r["info"]["reward"]))
         if r.get("high_entropy_threshold") is not None:
@@ -82,7 +75,7 @@ def _row(name: str, step, records: list[dict], m: dict, top_words: int) -> dict:
     with np.errstate(all="ignore"):  # 1e308 entropies overflow the mean to inf: shown as such, not warned
         ent = m.get("entropy") if isinstance(m.get("entropy"), dict) else entropy_summary(np.array(ents))
         reward_mean = float(np.mean(rewards)) if rewards else None
-        mismatch = m.get("logprob_mismatch") if isinstance(m.get("logprob_mismatch"), dict) else mismatch_summary(lps, rlps)
+        mismatch = m.get("logprob_mismatch") if isinstance(m.get("logprob_mismatch"), dict) else record_mismatch(records)
     return {
         "step": step,
         "file": name,
@@ -98,7 +91,8 @@ def _row(name: str, step, records: list[dict], m: dict, top_words: int) -> dict:
         "mismatch_mean": (mismatch or {}).get("mean_abs"),
         "mismatch_p95": (mismatch or {}).get("p95_abs"),
         # the whole step's fork words (the manifest's), else the saved records'
-        "fork_words": _manifest_words(m.get("fork_words"), top_words) or words.most_common(top_words),
+        "fork_words": _manifest_words(m.get("fork_words"), top_words)
+        or [tuple(wc) for wc in record_fork_words(records, top_words) or []],
     }
 
 
