@@ -245,3 +245,55 @@ def test_bad_arguments_are_clear_errors():
         chunked_head(h, w, None, y, top_k=6)
     with pytest.raises(ValueError, match="hidden"):
         chunked_head(torch.zeros(2, 4), w, None, y)
+
+
+ZERO3_SCRIPT = r"""
+import json, sys, warnings
+import torch
+from openrlhf_ext.models.actor import Actor
+from openrlhf_ext.models.embedded import embedded_model_path
+from openrlhf_ext.ray.deepspeed_utils import build_engine, free_port, init_distributed, setup_dist_env
+
+setup_dist_env(0, 1, "127.0.0.1", free_port())
+init_distributed()
+torch.manual_seed(0)
+reference = Actor.from_pretrained(embedded_model_path())
+engine = build_engine(Actor.from_pretrained(embedded_model_path()), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0,
+                      zero_stage=3, micro_batch=2, grad_accum=1, world_size=1, bf16=False, max_norm=1.0)
+sequences = torch.randint(4, 20, (2, 12))
+mask = torch.ones_like(sequences)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    out = engine.module.score(sequences, mask, 6, temperature=0.7, top_k=3)
+want = reference.score(sequences, mask, 6, temperature=0.7, top_k=3)
+engine.backward(-out.log_probs.mean())
+engine.step()
+after = engine.module.score(sequences, mask, 6, temperature=0.7).log_probs
+print(json.dumps({
+    "warnings": [str(w.message) for w in caught],
+    "log_probs": (out.log_probs - want.log_probs).abs().max().item(),
+    "entropy": (out.entropy - want.entropy).abs().max().item(),
+    "top_ids_equal": bool(torch.equal(out.alternatives.ids, want.alternatives.ids)),
+    "trained": (after - out.log_probs).mean().item(),
+}))
+"""
+
+
+def test_zero3_sharded_head_takes_the_full_logits_path_and_trains(tmp_path):
+    """Under DeepSpeed ZeRO-3 (real, one gloo rank) the lm_head weight is a shard outside the
+    model's forward: the actor says so once, takes the full-logits path, gives the unsharded
+    model's numbers and trains (in a subprocess: it initialises torch.distributed)."""
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    script = tmp_path / "zero3.py"
+    script.write_text(ZERO3_SCRIPT)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    ours = [w for w in got["warnings"] if w.startswith("Actor:")]
+    assert ours == ["Actor: full-logits forward for LlamaForCausalLM: ZeRO-3 shards the lm_head weight"]
+    assert got["log_probs"] < 1e-5 and got["entropy"] < 1e-5 and got["top_ids_equal"]
+    assert got["trained"] > 0  # one step up the sampled tokens' log-probs raised them
