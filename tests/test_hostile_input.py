@@ -218,6 +218,11 @@ def test_report_never_writes_over_an_input_a_folder_or_a_file_it_did_not_write(t
     for force in ([], ["--force"]):
         code, out = _cli(["report", folder, "-o", step_file, *force], capsys)
         assert code == 2 and "is one of the report's inputs" in out and step_file.read_bytes() == before
+    probe_file = folder / "probes_step_1.json"  # the run's probe files are embedded too: inputs as well
+    probe_file.write_text("[]")
+    code, out = _cli(["report", folder, "-o", probe_file, "--force"], capsys)
+    assert code == 2 and "is one of the report's inputs" in out and probe_file.read_text() == "[]"
+    probe_file.unlink()
     code, out = _cli(["report", folder, "-o", tmp_path], capsys)
     assert code == 2 and "is a folder: give the report's file name" in out
     notes = tmp_path / "notes.html"

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bounded import UnreadableFile
-from .schema import Problem, read_json
+from .schema import Problem, is_finite_number, read_json
 
 NO_RECORDS = "no usable trajectory record (each needs a generated_tokens or pure_generated_tokens list)"
 _FILE_STEP = re.compile(r"step_(\d+)")  # the viewer's: a step in the file's name
@@ -142,12 +142,8 @@ def _typeof(v) -> str:  # JavaScript's typeof of a parsed JSON value
     return "string" if isinstance(v, str) else "object"
 
 
-def _fin(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _is_integer(v) -> bool:  # Number.isInteger
-    return _fin(v) and (isinstance(v, int) or v.is_integer())
+    return is_finite_number(v) and (isinstance(v, int) or v.is_integer())
 
 
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -165,13 +161,13 @@ def _js_number(s: str):
 
 def _num(v, issue):
     """The viewer's ``num``: a number where the format says number, repaired with a notice."""
-    if _fin(v):
+    if is_finite_number(v):
         return v
     if v is None:
         return None
     if isinstance(v, list):
         issue("a list where a number was expected (its mean is used)")
-        values = [x for x in v if _fin(x)]
+        values = [x for x in v if is_finite_number(x)]
         return math.fsum(values) / len(values) if values else None
     if isinstance(v, str) and v.strip() and _js_number(v) is not None:
         issue("a number written as a string")
@@ -230,7 +226,7 @@ def _rollout_logprob(t, where: str, issue):
     if "rollout_logprob" not in t:
         return None
     v = t["rollout_logprob"]
-    if _fin(v):
+    if is_finite_number(v):
         return v
     issue(f"{where}.rollout_logprob", "rollout_logprob null (not finite when saved): no mismatch for that token"
           if v is None else f"a rollout_logprob that is {_what(v)}, not a number (ignored)")
@@ -251,7 +247,7 @@ def _alternatives(v, where: str, issue):
             issue(f"{where}.alternatives", f"more than {MAX_ALTERNATIVES} alternatives on a token (the first "
                   f"{MAX_ALTERNATIVES} kept)")
             break
-        if not isinstance(a, dict) or not isinstance(a.get("text"), str) or not _fin(a.get("logprob")):
+        if not isinstance(a, dict) or not isinstance(a.get("text"), str) or not is_finite_number(a.get("logprob")):
             issue(f"{where}.alternatives", "an alternative that is not {id, text, logprob} (ignored)")
             continue
         alt = {"id": a["id"]} if _is_integer(a.get("id")) and isinstance(a["id"], int) else {}
@@ -275,7 +271,7 @@ def _tokens(tokens, where: str, issue, build: bool, prompt: bool = False) -> lis
             if text is not None:
                 issue(f"{where}[{j}].text", "a token text that is not a string")
             text = "" if text is None else _js_string(text)
-        if not _fin(score):
+        if not is_finite_number(score):
             if score is not None:
                 issue(f"{where}[{j}].entropy_score", "an entropy_score that is not a number")
             score = None
@@ -285,7 +281,7 @@ def _tokens(tokens, where: str, issue, build: bool, prompt: bool = False) -> lis
             token = {"text": text, "high_entropy": t.get("high_entropy") is True, "entropy_score": score}
             if isinstance(t.get("id"), int) and not isinstance(t["id"], bool) and t["id"] >= 0:
                 token["id"] = t["id"]
-            if _fin(t.get("logprob")):
+            if is_finite_number(t.get("logprob")):
                 token["logprob"] = t["logprob"]
             if rollout is not None:
                 token["rollout_logprob"] = rollout
@@ -302,7 +298,7 @@ def _prompt_id(rec, issue):
     v = rec.get("prompt_id")
     if v is None or isinstance(v, str):
         return v
-    if _fin(v):
+    if is_finite_number(v):
         return _js_string(v)
     issue("prompt_id", f"prompt_id is {_what(v)}, not a string (ignored)")
     return None
@@ -374,9 +370,9 @@ def _format_record(rec, ri, step, resp, prompt, info, reward, advantages, return
     group = rec.get("group_index")
     optional = {
         "label": rec.get("label"),
-        "group_index": group if _fin(group) or isinstance(group, str) else None,
-        "high_entropy_threshold": rec.get("high_entropy_threshold") if _fin(rec.get("high_entropy_threshold")) else None,
-        "high_entropy_token_ratio": rec.get("high_entropy_token_ratio") if _fin(rec.get("high_entropy_token_ratio")) else None,
+        "group_index": group if is_finite_number(group) or isinstance(group, str) else None,
+        "high_entropy_threshold": rec.get("high_entropy_threshold") if is_finite_number(rec.get("high_entropy_threshold")) else None,
+        "high_entropy_token_ratio": rec.get("high_entropy_token_ratio") if is_finite_number(rec.get("high_entropy_token_ratio")) else None,
         "prompt_id": prompt_id,
         "probe": True if rec.get("probe") is True else None,
     }

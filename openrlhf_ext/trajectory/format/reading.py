@@ -14,7 +14,7 @@ import orjson
 from ..files import MANIFEST_FILE, SUMMARY_FILE, is_our_summary, list_probe_files, list_step_files, parse_manifest
 from ..files import step_file_name, step_of_file_name
 from .bounded import MAX_MANIFEST_BYTES, MAX_SUMMARY_BYTES, UnreadableFile, read_bytes
-from .schema import Problem, TrajectoryFormatError, parse_json_file, record_problems, validate_records
+from .schema import Problem, TrajectoryFormatError, is_finite_number, parse_json_file, record_problems, validate_records
 
 
 def resolve_step_files(path) -> list[Path]:
@@ -53,16 +53,12 @@ def read_step_files(files, keep_invalid: bool = True, found: dict | None = None,
             continue
         if found is not None:
             found[Path(file).name] = (len(data), next((r.get("high_entropy_threshold") for r in data if isinstance(r, dict)
-                                                        and _finite(r.get("high_entropy_threshold"))), None))
+                                                        and is_finite_number(r.get("high_entropy_threshold"))), None))
         if keep_invalid:
             records.extend(data)
         else:
             records.extend(r for i, r in enumerate(data) if not record_problems(r, i, str(file), max_alternatives))
     return records, problems
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def load_trajectories(path, strict: bool = True) -> list[dict]:
@@ -108,17 +104,21 @@ def read_manifest_entries(folder) -> tuple[list[dict], list[Problem]]:
         return [], [Problem(str(manifest), None, None, error.reason)]
 
 
+def read_our_summary(folder) -> dict | None:
+    """``folder``'s summary.json when it is ours (``is_our_summary``), through the bounded reader;
+    None when there is none, it cannot be read, or another tool wrote it (their fields differ)."""
+    try:
+        summary = orjson.loads(read_bytes(Path(folder) / SUMMARY_FILE, MAX_SUMMARY_BYTES))
+    except (UnreadableFile, orjson.JSONDecodeError):
+        return None
+    return summary if is_our_summary(summary) else None
+
+
 def run_top_k(folder) -> int | None:
     """The run's ``--save_top_k_alternatives`` K from our own summary.json in ``folder`` (None
     when there is none, it is another tool's, or it does not say)."""
-    path = Path(folder) / SUMMARY_FILE
-    if not path.is_file():
-        return None
-    try:
-        summary = orjson.loads(read_bytes(path, MAX_SUMMARY_BYTES))
-    except (UnreadableFile, orjson.JSONDecodeError):
-        return None
-    flags = summary.get("flags") if is_our_summary(summary) else None
+    summary = read_our_summary(folder)
+    flags = summary.get("flags") if summary is not None else None
     k = flags.get("save_top_k_alternatives") if isinstance(flags, dict) else None
     return k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else None
 
@@ -139,14 +139,16 @@ def probe_problems(folder, entries: list[dict], probe_names) -> list[Problem]:
     return problems
 
 
-def manifest_problems(folder, found: dict | None = None) -> list[Problem]:
+def manifest_problems(folder, found: dict | None = None, manifest_read=None) -> list[Problem]:
     """What disagrees between ``folder``'s manifest.jsonl and its step files: a line whose file is
     missing, and, given ``found`` (``read_step_files``'), a step file with no line (the manifest
     was not written after it: a full disk, a crash) or a line whose ``num_saved`` or
-    ``high_entropy_threshold`` is not the file's (two runs writing one folder)."""
+    ``high_entropy_threshold`` is not the file's (two runs writing one folder).
+    ``manifest_read``: what ``read_manifest_entries(folder)`` gave, when the caller has it."""
     folder = Path(folder)
     manifest = folder / MANIFEST_FILE
-    entries, problems = read_manifest_entries(folder)
+    entries, read_problems = read_manifest_entries(folder) if manifest_read is None else manifest_read
+    problems = list(read_problems)
     ours = {}
     for entry in entries:
         name, step = entry.get("file"), entry.get("global_step")
@@ -167,7 +169,7 @@ def manifest_problems(folder, found: dict | None = None) -> list[Problem]:
             problems.append(Problem(str(folder / name), None, None, f"holds {count} record(s), the manifest says "
                                     f"num_saved {entry['num_saved']} (two runs writing one folder?)"))
         listed = entry.get("high_entropy_threshold")
-        if _finite(listed) and threshold is not None and not math.isclose(listed, threshold, rel_tol=1e-6, abs_tol=1e-9):
+        if is_finite_number(listed) and threshold is not None and not math.isclose(listed, threshold, rel_tol=1e-6, abs_tol=1e-9):
             problems.append(Problem(str(folder / name), None, None, f"its records' high_entropy_threshold {threshold:.6g} "
                                     f"is not the manifest's {listed:.6g} (two runs writing one folder?)"))
     return problems
@@ -189,12 +191,18 @@ def check_trajectories(path) -> Checked:
     files = resolve_step_files(path)
     folder = files[0].parent
     k = run_top_k(folder)
-    found: dict = {}
-    records, problems = read_step_files(files, found=found, max_alternatives=k)
-    problems += manifest_problems(folder, found)
+    # one file read at a time and its records only counted: a folder's files are never all in memory
+    found: dict = {}  # step file name -> (records, first threshold), for the manifest's checks too
+    problems: list[Problem] = []
+    for file in files:
+        problems += read_step_files([file], found=found, max_alternatives=k)[1]
+    manifest_read = read_manifest_entries(folder)
+    problems += manifest_problems(folder, found, manifest_read)
     probes = [p for _, p in list_probe_files(folder)] if Path(path).is_dir() else []
+    probes_found: dict = {}
+    for probe in probes:
+        problems += read_step_files([probe], found=probes_found, max_alternatives=k)[1]
     if probes:
-        probe_records, more = read_step_files(probes, max_alternatives=k)
-        records += probe_records
-        problems += more + probe_problems(folder, read_manifest_entries(folder)[0], [p.name for p in probes])
-    return Checked(files + probes, len(records), problems)
+        problems += probe_problems(folder, manifest_read[0], [p.name for p in probes])
+    num_records = sum(count for count, _ in (*found.values(), *probes_found.values()))
+    return Checked(files + probes, num_records, problems)

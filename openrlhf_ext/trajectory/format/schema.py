@@ -58,6 +58,11 @@ def _is_number(x) -> bool:
     return (isinstance(x, (int, float)) and not isinstance(x, bool)) or x is None
 
 
+def is_finite_number(x) -> bool:
+    """A JSON number (not a bool) that is finite: what the format's readers take as a value."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 @dataclass
 class ParsedJSON:
     """A JSON file as read: its value, how many NaN/Infinity literals were read as null, and what

@@ -40,16 +40,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 from tqdm import tqdm
 
 from openrlhf_ext import __version__
 
-from ..files import MANIFEST_FILE, MAX_STEP, SUMMARY_FILE, step_file_name, upsert_manifest, utc_now, write_records
-from ..files import is_our_summary, write_summary
+from ..files import MANIFEST_FILE, MAX_STEP, step_file_name, upsert_manifest, utc_now, write_records, write_summary
 from ..folder_lock import FolderLock
-from ..format import UnreadableFile, read_bytes
-from ..format.bounded import MAX_SUMMARY_BYTES
+from ..format.reading import read_our_summary
 from ..format.schema import writable_text
 from ..manifest_entry import manifest_entry
 from ..marks import SCOPES, check_ratio
@@ -91,7 +88,7 @@ def input_folders(kind: str, src: Path) -> list[Path]:
     if kind == "npz":
         folders.append(npz_steps_dir(src))
     elif kind == "trajectories":
-        folders += [p.parent for p in trajectory_files(src)]
+        folders += dict.fromkeys(p.parent for p in trajectory_files(src))  # each folder once
     return folders
 
 
@@ -123,13 +120,8 @@ def _summary_tokenizer(src: Path) -> tuple[str | None, str | None]:
     Only our own summary is trusted (``is_our_summary``: its ``generator``, or format_version 1):
     other trainers' (format_version 2 too) carry other fields. The path is usable when it exists here; a hub name is returned as `name` only,
     so that nothing is downloaded unless the user passes it with --tokenizer."""
-    folder = src.parent if src.name == "steps" else src
-    path = folder / SUMMARY_FILE
-    try:
-        summary = orjson.loads(read_bytes(path, MAX_SUMMARY_BYTES))
-    except (UnreadableFile, orjson.JSONDecodeError):
-        return None, None
-    if not is_our_summary(summary):
+    summary = read_our_summary(src.parent if src.name == "steps" else src)
+    if summary is None:
         return None, None
     for key in ("tokenizer", "model"):
         value = summary.get(key)

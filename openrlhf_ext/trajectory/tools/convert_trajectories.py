@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from ..format import Problem, parse_json_file, read_lenient_files, resolve_step_files, validate_records
+from ..format import Problem, read_lenient_files, read_step_files, resolve_step_files
 from ..manifest_entry import record_fork_words, record_mismatch
 from ..sampling import choose_responses
 from .errors import ConvertError
@@ -43,8 +43,7 @@ def trajectory_files(src: Path) -> list[Path]:
 
 
 def _strict_check(path: Path) -> None:
-    data, problems = parse_json_file(path)
-    problems = problems + ([] if data is None else validate_records(data, str(path)))
+    problems = read_step_files([path])[1]  # what `validate` reports of the file
     if problems:
         shown = "; ".join(str(p) for p in problems[:5])
         raise ConvertError(f"{path}: breaks FORMAT.md ({len(problems)} problem(s): {shown}); --strict refuses it "

@@ -36,7 +36,7 @@ from pathlib import Path
 import jinja2
 
 from ..files import MANIFEST_FILE, SUMMARY_FILE, atomic_write_bytes, dumps_strict_json
-from ..files import probe_step_of_file_name, step_of_file_name
+from ..files import list_probe_files, probe_step_of_file_name, step_of_file_name
 from ..format import Problem, UnreadableFile, load_trajectories, read_bytes, read_lenient, resolve_step_files
 from ..format.bounded import MAX_MANIFEST_BYTES, MAX_STEP_FILE_BYTES, MAX_SUMMARY_BYTES
 from ..format.schema import writable_text
@@ -318,7 +318,10 @@ def write_report(paths, output, warn_bytes: int | None = None, force: bool = Fal
     if warn_bytes is None:
         warn_bytes = LARGE_REPORT_BYTES
     files = [p for _, p in find_step_files(paths)]
-    check_report_output(output, files + [f.parent / name for f in files for name in (MANIFEST_FILE, SUMMARY_FILE)], force)
+    folders = dict.fromkeys(f.parent for f in files)  # each folder once
+    run_files = [d / name for d in folders for name in (MANIFEST_FILE, SUMMARY_FILE)]
+    run_files += [p for d in folders for _, p in list_probe_files(d)]  # embedded too (_run_metadata)
+    check_report_output(output, files + run_files, force)
     html, info = build_report(paths, **kwargs)
     data = html.encode("utf-8")
     info["size_bytes"] = len(data)
