@@ -15,8 +15,6 @@ one problem side by side); the tooltip is that of its first marked decision (a s
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import os
 import shutil
 import subprocess
@@ -68,14 +66,15 @@ def pick(records: list[dict]) -> tuple[int, int]:
 def shoot(traj_dir: str, step: int | None, out: str, width: int = 1440, height: int = 960) -> str:
     from playwright.sync_api import sync_playwright
 
-    files = sorted(glob.glob(os.path.join(traj_dir, "trajectories_step_*.json")),
-                   key=lambda f: int(f.rsplit("_", 1)[1].split(".")[0]))
-    if not files:
+    from openrlhf_ext.trajectory import load_trajectories
+    from openrlhf_ext.trajectory.files import atomic_write_bytes, list_step_files
+
+    steps = dict(list_step_files(traj_dir))  # {step: path}, by step number
+    if not steps:
         raise SystemExit(f"no trajectories_step_*.json in {traj_dir}")
-    steps = {int(f.rsplit("_", 1)[1].split(".")[0]): f for f in files}
+    files = [str(path) for path in steps.values()]
     step = max(steps) if step is None else step
-    with open(steps[step], encoding="utf-8") as f:
-        records = json.load(f)
+    records = load_trajectories(steps[step])
     traj, tok = pick(records)
     viewer = os.path.join(REPO, "viewer", "render_trajectories.html")
     exe = shutil.which("chromium")
@@ -93,15 +92,7 @@ def shoot(traj_dir: str, step: int | None, out: str, width: int = 1440, height: 
         pane.locator(f".resp-block .tok[data-i='{tok}']").hover()
         page.wait_for_selector("#tooltip.on")
         page.wait_for_timeout(300)
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(out)) or ".")
-        os.close(fd)
-        try:
-            page.screenshot(path=tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, out)  # atomic: a reader never sees half a picture
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_write_bytes(out, page.screenshot())  # a reader never sees half a picture
         browser.close()
     print(f"{out}: step {step}, trajectory {traj} (group {records[traj].get('group_index')}), token {tok}")
     return out
