@@ -62,17 +62,11 @@ def _alone_text(table, i: int) -> str:
 
 
 def token_alone_texts(tokenizer, ids) -> list[str]:
-    """The text of each token id read on its own (see the module's docstring), cached per
-    tokenizer. ``ids``: python ints (best distinct: a step's ids through ``numpy.unique``)."""
+    """The text of each token id read on its own (see the module's docstring), from the
+    tokenizer's cached token table. ``ids``: python ints (best distinct: a step's ids through
+    ``numpy.unique``)."""
     table = table_for(tokenizer)
-    cache = table.alone_cache
-    out = []
-    for i in ids:
-        text = cache.get(i)
-        if text is None:
-            text = cache[i] = _alone_text(table, i)
-        out.append(text)
-    return out
+    return [_alone_text(table, i) for i in ids]
 
 
 def alternative_lists(tokenizer, ids: np.ndarray, logprobs: np.ndarray, k: int) -> list[list[dict]]:

@@ -56,10 +56,6 @@ class FolderLock:
         self.folder, self.what = Path(folder), what
         self._fd: int | None = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def acquire(self) -> "FolderLock":
         """Take the lock; FolderInUse when another writer holds it, OSError when the folder
         cannot be written."""

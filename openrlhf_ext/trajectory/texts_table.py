@@ -121,7 +121,6 @@ class TokenTable:
         self._backend_ref = _weak(backend) if backend is not None else None
         self.first_cache: dict[int, Any] = {}
         self.generic_cache: dict[int, str] = {}
-        self.alone_cache: dict[int, str] = {}  # a token's text read alone (alternatives.py)
         self.fuse_strip: tuple[str, int, int] | None = None  # Strip after Fuse: acts on the whole text
         self.stages: list[dict] = []
         self.kind = "generic"
