@@ -101,7 +101,7 @@ def response_layout(ro: Rollouts, rows) -> dict:
 
 
 def ours_experiences(ro: Rollouts, micro: int) -> list:
-    """This project's experiences (trainer/experience.py's fields) of the rollouts."""
+    """This project's experiences (algo/experience.py's fields) of the rollouts."""
     import types
 
     out = []
