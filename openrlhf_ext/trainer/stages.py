@@ -79,7 +79,7 @@ def generate(groups, tokenizer, args, rows: list[dict], seed: int, n: int | None
     if groups.vllm is not None:
         if args.vllm_enable_sleep:
             groups.vllm.wake_up()
-        outs = groups.vllm.generate(prompt_ids, seed, logprobs=True)  # (ids, vLLM's sample log-probs) each
+        outs = groups.vllm.generate(prompt_ids, seed)  # (ids, vLLM's sample log-probs) each
         if args.vllm_enable_sleep:
             groups.vllm.sleep()  # frees the GPU memory of the KV cache for the training stages
     else:
