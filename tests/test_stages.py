@@ -133,6 +133,23 @@ def test_rollout_log_probs_are_cut_with_their_response_and_the_mismatch_is_by_ha
     assert none["rollout_log_probs"] is None and stages.mismatch_stats(lp[:1], None, none["action_mask"]) == {}
 
 
+def test_experiences_take_the_rollout_log_probs_and_the_forwards_tensors_by_their_field_names():
+    r = stages.pack_rollouts([[5], [6, 7], [5]], [[8, 2], [9, 2], [8, 8]], ["a", "b", "a"], ["", "", ""], 1, 0, 2,
+                             rollout_log_probs=[[-0.5, -0.25], [-1.0, -2.0], [-0.1, -0.2]])
+    fwd = stages.Forward(log_probs=-torch.rand(3, 2), entropy=torch.rand(3, 2), ref_log_probs=-torch.rand(3, 2))
+    exps = make_experiences(r, 2, **fwd.experience_fields())
+    assert [len(e) for e in exps] == [2, 1]
+    whole = {k: torch.cat([getattr(e, k) for e in exps]) for k in ("rollout_log_probs", "action_log_probs",
+                                                                   "action_entropy", "base_action_log_probs")}
+    assert torch.equal(whole["rollout_log_probs"], r["rollout_log_probs"])
+    assert torch.equal(whole["action_log_probs"], fwd.log_probs) and torch.equal(whole["action_entropy"], fwd.entropy)
+    assert torch.equal(whole["base_action_log_probs"], fwd.ref_log_probs)
+    assert all(e.values is None and e.alternative_ids is None and e.alternative_log_probs is None for e in exps)
+    # rollouts without the engine's log-probs: experiences without them
+    none = stages.pack_rollouts([[5]], [[8, 2]], ["a"], [""], 1, 0, 2)
+    assert make_experiences(none, 2)[0].rollout_log_probs is None
+
+
 def test_step_metrics_are_means_over_the_step(tokenizer):
     r = rollouts_of(tokenizer, PROMPTS, RESPONSES, n=2)
     mask = r["action_mask"]

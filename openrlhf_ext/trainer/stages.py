@@ -42,6 +42,12 @@ class Forward:
     alternative_ids: torch.Tensor | None = None  # (B, A, K) int32 top-K tokens of the sampling distribution (top_k > 0)
     alternative_log_probs: torch.Tensor | None = None  # (B, A, K) float32 their log-probs, most probable first
 
+    def experience_fields(self) -> dict[str, torch.Tensor | None]:
+        """These tensors by their `Experience` field names, for `make_experiences`."""
+        return dict(action_log_probs=self.log_probs, action_entropy=self.entropy,
+                    alternative_ids=self.alternative_ids, alternative_log_probs=self.alternative_log_probs,
+                    base_action_log_probs=self.ref_log_probs, values=self.values)
+
 
 @dataclass
 class EntropyMarks:
@@ -203,9 +209,7 @@ def probe(groups, tokenizer, reward_fn, args, rows: list[dict], seed: int, top_k
     rollouts = generate(groups, tokenizer, args, rows, seed, n=args.trajectory_probe_samples)
     rewards = score(groups, reward_fn, tokenizer, rollouts, mb)  # (P,)
     fwd = forward(groups, rollouts, mb, top_k=top_k, models=("actor",))
-    return make_experiences(rollouts, mb, info={"reward": rewards}, action_log_probs=fwd.log_probs,
-                            action_entropy=fwd.entropy, rollout_log_probs=rollouts["rollout_log_probs"],
-                            alternative_ids=fwd.alternative_ids, alternative_log_probs=fwd.alternative_log_probs)
+    return make_experiences(rollouts, mb, info={"reward": rewards}, **fwd.experience_fields())
 
 
 def save_trajectories(saver, global_step: int, experiences: list[Experience], marks: EntropyMarks,
