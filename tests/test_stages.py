@@ -223,6 +223,21 @@ def test_saver_with_another_rule_ranks_by_its_own(tmp_path, tokenizer):
     assert stages.save_trajectories(None, 1, exps, marks) is None
 
 
+def test_saver_writes_handed_marks_only_when_their_rule_is_its_own(tmp_path, tokenizer):
+    r, _, exps = step_with_entropy(tokenizer, ENTROPY_ROWS)
+    first_tokens = torch.zeros_like(r["action_mask"])
+    first_tokens[:, 0] = True  # (B, A) marks that no ranking gives
+    for rule, flags, used in [((0.2, "step"), [], True), ((0.5, "step"), [], False),
+                              ((0.2, "step"), ["--high_entropy_scope", "response"], False)]:
+        name = f"{rule[0]}-{len(flags)}"
+        handed = make_saver(tmp_path / ("handed" + name), tokenizer, *flags)
+        alone = make_saver(tmp_path / ("alone" + name), tokenizer, *flags)
+        handed.save_step(2, exps, marks=(first_tokens, 0.25), marks_rule=rule)
+        alone.save_step(2, exps, marks=None if not used else (first_tokens, 0.25))
+        assert saved_files(handed.out_dir) == saved_files(alone.out_dir), (rule, flags)
+        assert (saved_files(handed.out_dir)[1][0]["high_entropy_threshold"] == 0.25) == used
+
+
 def test_saver_writes_the_marks_it_is_handed_and_only_when_marking(tmp_path, tokenizer):
     r, _, exps = step_with_entropy(tokenizer, ENTROPY_ROWS)
     first_tokens = torch.zeros_like(r["action_mask"])

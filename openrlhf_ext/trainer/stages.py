@@ -55,6 +55,7 @@ class EntropyMarks:
     marks: torch.Tensor  # (B, A) bool: real tokens with a finite entropy >= threshold
     threshold: float  # the k-th largest finite entropy, k = max(1, ceil(ratio * n)); NaN when n = 0
     ratio: float  # --high_entropy_token_ratio
+    scope: str  # the high_entropy_mask scope they were ranked in: "step"
 
 
 @dataclass
@@ -158,8 +159,9 @@ def forward(groups, rollouts: dict, micro_batch_size: int, top_k: int = 0,
 
 def mark_entropy(entropy: torch.Tensor, action_mask: torch.Tensor, ratio: float) -> EntropyMarks:
     """The step's top-``ratio`` highest-entropy tokens, once: for the step's log line and for the saver."""
-    marks, threshold = high_entropy_mask(entropy, action_mask, ratio, scope="step")
-    return EntropyMarks(marks=marks, threshold=threshold, ratio=ratio)
+    scope = "step"
+    marks, threshold = high_entropy_mask(entropy, action_mask, ratio, scope=scope)
+    return EntropyMarks(marks=marks, threshold=threshold, ratio=ratio, scope=scope)
 
 
 def advantages(args, action_mask: torch.Tensor, rewards: torch.Tensor, fwd: Forward) -> Advantages:
@@ -215,13 +217,12 @@ def probe(groups, tokenizer, reward_fn, args, rows: list[dict], seed: int, top_k
 def save_trajectories(saver, global_step: int, experiences: list[Experience], marks: EntropyMarks,
                       probes: list[Experience] | None = None) -> dict | None:
     """Hand every response of the step to the saver (so its threshold sees them all), with the probe
-    responses when the step has them. When the saver ranks by the step's own ratio and scope, it is
-    handed the step's marks instead of ranking again."""
+    responses when the step has them. The step's marks go with the rule they were ranked by: a saver
+    that ranks by that rule writes them instead of ranking again."""
     if saver is None:
         return None
-    same_rule = saver.scope == "step" and saver.ratio == marks.ratio and saver.group is None
-    return saver.save_step(global_step, experiences, marks=(marks.marks, marks.threshold) if same_rule else None,
-                           probes=probes)
+    return saver.save_step(global_step, experiences, marks=(marks.marks, marks.threshold),
+                           marks_rule=(marks.ratio, marks.scope), probes=probes)
 
 
 def update(groups, args, experiences: list[Experience], global_step: int) -> dict:
