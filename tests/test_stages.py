@@ -159,7 +159,8 @@ def test_step_metrics_are_means_over_the_step(tokenizer):
     assert m["reward"] == pytest.approx(0.625)
     assert m["response_length"] == pytest.approx(r["info"]["response_length"].float().mean().item())
     lengths = mask.sum(-1).float()
-    assert m["advantage_abs"] == pytest.approx(((lengths * torch.tensor([2.0, 2.0, 1.0, 1.0])).sum() / lengths.sum()).item())
+    advantage_abs = stages.advantage_stats(adv, mask)["advantage_abs"]  # from the step's (B, A) advantages
+    assert advantage_abs == pytest.approx(((lengths * torch.tensor([2.0, 2.0, 1.0, 1.0])).sum() / lengths.sum()).item())
 
 
 # --- the hand-off to the saver -----------------------------------------------------------------

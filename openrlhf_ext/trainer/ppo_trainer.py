@@ -82,7 +82,8 @@ class PPOTrainer:
         experiences = make_experiences(
             rollouts, a.micro_rollout_batch_size, info={"reward": rewards, "kl": adv.kl_per_response},
             **fwd.experience_fields(), kl=adv.kl, advantages=adv.advantages, returns=adv.returns, loss_mask=adv.loss_mask)
-        metrics = {**stages.step_metrics(experiences), **stages.entropy_stats(fwd.entropy, mask, marks),
+        metrics = {**stages.step_metrics(experiences), **stages.advantage_stats(adv.advantages, mask),
+                   **stages.entropy_stats(fwd.entropy, mask, marks),
                    **stages.mismatch_stats(fwd.log_probs, rollouts["rollout_log_probs"], mask)}
         probes = None
         if saving and self.probe_prompts and is_probe_step(step, a.trajectory_probe_steps, self.total_steps):

@@ -253,12 +253,14 @@ def sync_weights(groups, args) -> None:
 
 
 def step_metrics(experiences: list[Experience]) -> dict:
-    """Per-step means of the per-sample info (reward, response_length, truncated, kl, ...) and of the
-    advantages' size over every response token."""
+    """Per-step means of the per-sample info (reward, response_length, truncated, kl, ...)."""
     out = {}
     for k in experiences[0].info:
         v = torch.cat([torch.as_tensor(e.info[k], dtype=torch.float32) for e in experiences])
         out[k] = v.mean().item()
-    mask = torch.cat([e.action_mask for e in experiences])  # (B, A)
-    out["advantage_abs"] = masked_mean(torch.cat([e.advantages for e in experiences]).abs(), mask).item()
     return out
+
+
+def advantage_stats(advantages: torch.Tensor, action_mask: torch.Tensor) -> dict:
+    """The advantages' mean size over every response token of the step; both (B, A)."""
+    return {"advantage_abs": masked_mean(advantages.abs(), action_mask).item()}
