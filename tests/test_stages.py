@@ -133,6 +133,23 @@ def test_rollout_log_probs_are_cut_with_their_response_and_the_mismatch_is_by_ha
     assert none["rollout_log_probs"] is None and stages.mismatch_stats(lp[:1], None, none["action_mask"]) == {}
 
 
+def test_experiences_take_the_rollout_log_probs_and_the_forwards_tensors_by_their_field_names():
+    r = stages.pack_rollouts([[5], [6, 7], [5]], [[8, 2], [9, 2], [8, 8]], ["a", "b", "a"], ["", "", ""], 1, 0, 2,
+                             rollout_log_probs=[[-0.5, -0.25], [-1.0, -2.0], [-0.1, -0.2]])
+    fwd = stages.Forward(log_probs=-torch.rand(3, 2), entropy=torch.rand(3, 2), ref_log_probs=-torch.rand(3, 2))
+    exps = make_experiences(r, 2, **fwd.experience_fields())
+    assert [len(e) for e in exps] == [2, 1]
+    whole = {k: torch.cat([getattr(e, k) for e in exps]) for k in ("rollout_log_probs", "action_log_probs",
+                                                                   "action_entropy", "base_action_log_probs")}
+    assert torch.equal(whole["rollout_log_probs"], r["rollout_log_probs"])
+    assert torch.equal(whole["action_log_probs"], fwd.log_probs) and torch.equal(whole["action_entropy"], fwd.entropy)
+    assert torch.equal(whole["base_action_log_probs"], fwd.ref_log_probs)
+    assert all(e.values is None and e.alternative_ids is None and e.alternative_log_probs is None for e in exps)
+    # rollouts without the engine's log-probs: experiences without them
+    none = stages.pack_rollouts([[5]], [[8, 2]], ["a"], [""], 1, 0, 2)
+    assert make_experiences(none, 2)[0].rollout_log_probs is None
+
+
 def test_step_metrics_are_means_over_the_step(tokenizer):
     r = rollouts_of(tokenizer, PROMPTS, RESPONSES, n=2)
     mask = r["action_mask"]
@@ -142,7 +159,8 @@ def test_step_metrics_are_means_over_the_step(tokenizer):
     assert m["reward"] == pytest.approx(0.625)
     assert m["response_length"] == pytest.approx(r["info"]["response_length"].float().mean().item())
     lengths = mask.sum(-1).float()
-    assert m["advantage_abs"] == pytest.approx(((lengths * torch.tensor([2.0, 2.0, 1.0, 1.0])).sum() / lengths.sum()).item())
+    advantage_abs = stages.advantage_stats(adv, mask)["advantage_abs"]  # from the step's (B, A) advantages
+    assert advantage_abs == pytest.approx(((lengths * torch.tensor([2.0, 2.0, 1.0, 1.0])).sum() / lengths.sum()).item())
 
 
 # --- the hand-off to the saver -----------------------------------------------------------------
@@ -204,6 +222,21 @@ def test_saver_with_another_rule_ranks_by_its_own(tmp_path, tokenizer):
         marked = sum(t["high_entropy"] for rec in saved_files(alone.out_dir)[0] for t in rec["pure_generated_tokens"])
         assert marked > int(marks.marks.sum())
     assert stages.save_trajectories(None, 1, exps, marks) is None
+
+
+def test_saver_writes_handed_marks_only_when_their_rule_is_its_own(tmp_path, tokenizer):
+    r, _, exps = step_with_entropy(tokenizer, ENTROPY_ROWS)
+    first_tokens = torch.zeros_like(r["action_mask"])
+    first_tokens[:, 0] = True  # (B, A) marks that no ranking gives
+    for rule, flags, used in [((0.2, "step"), [], True), ((0.5, "step"), [], False),
+                              ((0.2, "step"), ["--high_entropy_scope", "response"], False)]:
+        name = f"{rule[0]}-{len(flags)}"
+        handed = make_saver(tmp_path / ("handed" + name), tokenizer, *flags)
+        alone = make_saver(tmp_path / ("alone" + name), tokenizer, *flags)
+        handed.save_step(2, exps, marks=(first_tokens, 0.25), marks_rule=rule)
+        alone.save_step(2, exps, marks=None if not used else (first_tokens, 0.25))
+        assert saved_files(handed.out_dir) == saved_files(alone.out_dir), (rule, flags)
+        assert (saved_files(handed.out_dir)[1][0]["high_entropy_threshold"] == 0.25) == used
 
 
 def test_saver_writes_the_marks_it_is_handed_and_only_when_marking(tmp_path, tokenizer):

@@ -63,12 +63,14 @@ def make_experiences(rollouts: dict, micro_rollout_batch_size: int, info: dict |
     Args:
         rollouts: the packed step (`openrlhf_ext.trainer.stages.generate`): ``sequences``,
             ``attention_mask``, ``action_mask``, ``group_index`` tensors of B rows, ``prompts`` and
-            ``labels`` lists of B, ``info`` per-sample (B,) values.
+            ``labels`` lists of B, ``info`` per-sample (B,) values, and ``rollout_log_probs`` (B, A)
+            when the rollout engine gave them (absent or None: left out).
         info: more per-sample (B,) values (reward, kl, ...), after the rollouts' own.
         fields: more step-wide (B, ...) tensors by `Experience` field name; None values are left out.
     """
     B = rollouts["sequences"].shape[0]
     info = {**rollouts["info"], **{k: v for k, v in (info or {}).items() if v is not None}}
+    fields = {"rollout_log_probs": rollouts.get("rollout_log_probs"), **fields}
     fields = {k: v for k, v in fields.items() if v is not None}
     out = []
     for s in range(0, B, micro_rollout_batch_size):

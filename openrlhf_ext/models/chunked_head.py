@@ -36,6 +36,11 @@ from dataclasses import dataclass
 
 import torch
 
+# Shifted logits are clamped here (-87, as token_entropy does) before exp(): e^-87 is still a
+# normal float32, so exp() never makes denormals (~50x slower on x86) and a masked -inf never makes
+# 0 * -inf = NaN.
+from openrlhf_ext.trajectory.entropy import _MIN_SHIFTED_LOGIT
+
 # Float32 bytes of one logits tile (per intra-op thread on CPU), and the narrowest vocabulary slice
 # a tile takes (so that the GEMM stays efficient and the per-tile small ops few). On CPU a thread's
 # share of a tile fits its L2 cache, so the passes over it after the GEMM cost little (as in
@@ -44,9 +49,6 @@ CPU_TILE_BYTES = 2 << 20
 CUDA_TILE_BYTES = 512 << 20
 CPU_MIN_VOCAB_TILE = 1024
 CUDA_MIN_VOCAB_TILE = 16384
-# Shifted logits are clamped here before exp(): e^-87 is still a normal float32, so exp() never
-# makes denormals (~50x slower on x86) and a masked -inf never makes 0 * -inf = NaN.
-_MIN_SHIFTED_LOGIT = -87.0
 _LOWEST = torch.finfo(torch.float32).min
 
 

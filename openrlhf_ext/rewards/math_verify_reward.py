@@ -99,11 +99,20 @@ def math_verify_score(response: str, label: str) -> float:
         >>> math_verify_score("x=3+4 so \\\\boxed{7}", "7")
         1.0
     """
+    quick = _quick_verdict(response, label)
+    return _math_verify_verdict(response, label) if quick is None else quick
+
+
+def _quick_verdict(response: str, label: str) -> float | None:
+    """The verdict without math-verify where there is one: 0 for an empty label, else
+    `plain_number_verdict`; None when math-verify must judge."""
     if not label.strip():  # no label: nothing to check the answer against
         return 0.0
-    fast = plain_number_verdict(response, label)
-    if fast is not None:
-        return fast
+    return plain_number_verdict(response, label)
+
+
+def _math_verify_verdict(response: str, label: str) -> float:
+    """math-verify's own verdict (a pair `_quick_verdict` has no verdict for)."""
     from math_verify import parse, verify
 
     gold = _parse_label(label)
@@ -117,7 +126,7 @@ def math_verify_score(response: str, label: str) -> float:
 
 
 def _score_pairs(pairs: list[tuple[str, str]]) -> list[float]:
-    return [math_verify_score(r, lab) for r, lab in pairs]
+    return [_math_verify_verdict(r, lab) for r, lab in pairs]  # pairs without a quick verdict
 
 
 class MathVerifyReward:
@@ -156,7 +165,7 @@ class MathVerifyReward:
         verdicts: dict[tuple[str, str], float] = {}
         slow = []
         for pair in dict.fromkeys(pairs):  # distinct pairs, in order
-            fast = plain_number_verdict(*pair) if pair[1].strip() else 0.0
+            fast = _quick_verdict(*pair)
             if fast is None:
                 slow.append(pair)
             else:

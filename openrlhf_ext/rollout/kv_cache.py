@@ -127,7 +127,7 @@ def cpu_kv_cache_problem(kv_bytes: int, node: int, available: int, total: int) -
             f"lower it, e.g. --vllm_kv_cache_memory {_pretty(suggestion << 20)}.")
 
 
-def gpu_memory_problem(utilization: float, free: int, total: int, engines_on_device: int = 1) -> str | None:
+def gpu_memory_problem(utilization: float, free: int, total: int) -> str | None:
     """The start-up check on GPU: vLLM asks for ``utilization`` x the device's total memory and
     fails when less than that is free (colocated models, or other engines on the same device).
 
@@ -141,9 +141,8 @@ def gpu_memory_problem(utilization: float, free: int, total: int, engines_on_dev
     if wanted <= free:
         return None
     fits = math.floor(free / total * 0.95 * 100) / 100
-    others = f" ({engines_on_device} engines share this GPU)" if engines_on_device > 1 else ""
     return (f"--vllm_gpu_memory_utilization {utilization:g} asks for {format_gib(wanted)} of the GPU's "
-            f"{format_gib(total)}, but {format_gib(free)} are free{others} (the colocated models and other "
+            f"{format_gib(total)}, but {format_gib(free)} are free (the colocated models and other "
             f"processes hold the rest): lower it to {fits:g} or less, use --vllm_enable_sleep, or give the cache "
             f"in bytes with --vllm_kv_cache_memory (e.g. 4GiB).")
 

@@ -1,8 +1,7 @@
 """Rollouts with vLLM (`--rollout_backend vllm`): engines in Ray actors, weights synced after each update.
 
     >>> engines = VLLMEngines(args, pretrain, placement_group, share=2)
-    >>> responses = engines.generate(prompt_ids, seed=1)      # token ids in, token ids out
-    >>> pairs = engines.generate(prompt_ids, seed=1, logprobs=True)   # (ids, their rollout log-probs)
+    >>> pairs = engines.generate(prompt_ids, seed=1)          # token ids in: (ids, their rollout log-probs) out
     >>> engines.load_weights(safetensors_bytes)                # after each training step
 
 The rollout log-probs (FORMAT.md's `rollout_logprob`) are vLLM's own sample log-probs:
@@ -116,16 +115,15 @@ class LLMRayActor:
         )
 
     def generate(self, prompt_ids: list[list[int]], temperature: float, top_p: float, max_tokens: int,
-                 seed: int, logprobs: bool = False) -> list:
+                 seed: int) -> list[tuple[list[int], list[float]]]:
+        """(token ids, their sample log-probs) of one response per prompt."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed + i,
-                                 logprobs=0 if logprobs else None)
+                                 logprobs=0)  # the sampled token's log-prob only
                   for i in range(len(prompt_ids))]
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params, use_tqdm=False)
-        if not logprobs:
-            return [list(o.outputs[0].token_ids) for o in outs]
         return [(list(o.outputs[0].token_ids),
                  [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]) for o in outs]
 
@@ -162,11 +160,11 @@ class VLLMEngines:
         ]
         ray.get([e.__ray_ready__.remote() for e in self.engines])
 
-    def generate(self, prompt_ids: list[list[int]], seed: int, logprobs: bool = False) -> list:
+    def generate(self, prompt_ids: list[list[int]], seed: int) -> list[tuple[list[int], list[float]]]:
+        """(token ids, vLLM's sample log-probs) of one response per prompt, in prompt order."""
         a, n = self.args, len(self.engines)
         shards = [prompt_ids[len(prompt_ids) * i // n: len(prompt_ids) * (i + 1) // n] for i in range(n)]
-        outs = ray.get([e.generate.remote(s, a.temperature, a.top_p, a.generate_max_len, seed * 100_003 + i * 10_007,
-                                          logprobs)
+        outs = ray.get([e.generate.remote(s, a.temperature, a.top_p, a.generate_max_len, seed * 100_003 + i * 10_007)
                         for i, (e, s) in enumerate(zip(self.engines, shards))])
         return [r for o in outs for r in o]
 

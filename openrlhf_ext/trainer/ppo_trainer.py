@@ -81,11 +81,9 @@ class PPOTrainer:
         # What the stages made, cut into the experiences that the saver and the update read.
         experiences = make_experiences(
             rollouts, a.micro_rollout_batch_size, info={"reward": rewards, "kl": adv.kl_per_response},
-            action_log_probs=fwd.log_probs, action_entropy=fwd.entropy, rollout_log_probs=rollouts["rollout_log_probs"],
-            alternative_ids=fwd.alternative_ids, alternative_log_probs=fwd.alternative_log_probs,
-            base_action_log_probs=fwd.ref_log_probs,
-            values=fwd.values, kl=adv.kl, advantages=adv.advantages, returns=adv.returns, loss_mask=adv.loss_mask)
-        metrics = {**stages.step_metrics(experiences), **stages.entropy_stats(fwd.entropy, mask, marks),
+            **fwd.experience_fields(), kl=adv.kl, advantages=adv.advantages, returns=adv.returns, loss_mask=adv.loss_mask)
+        metrics = {**stages.step_metrics(experiences), **stages.advantage_stats(adv.advantages, mask),
+                   **stages.entropy_stats(fwd.entropy, mask, marks),
                    **stages.mismatch_stats(fwd.log_probs, rollouts["rollout_log_probs"], mask)}
         probes = None
         if saving and self.probe_prompts and is_probe_step(step, a.trajectory_probe_steps, self.total_steps):

@@ -42,6 +42,12 @@ class Forward:
     alternative_ids: torch.Tensor | None = None  # (B, A, K) int32 top-K tokens of the sampling distribution (top_k > 0)
     alternative_log_probs: torch.Tensor | None = None  # (B, A, K) float32 their log-probs, most probable first
 
+    def experience_fields(self) -> dict[str, torch.Tensor | None]:
+        """These tensors by their `Experience` field names, for `make_experiences`."""
+        return dict(action_log_probs=self.log_probs, action_entropy=self.entropy,
+                    alternative_ids=self.alternative_ids, alternative_log_probs=self.alternative_log_probs,
+                    base_action_log_probs=self.ref_log_probs, values=self.values)
+
 
 @dataclass
 class EntropyMarks:
@@ -49,6 +55,7 @@ class EntropyMarks:
     marks: torch.Tensor  # (B, A) bool: real tokens with a finite entropy >= threshold
     threshold: float  # the k-th largest finite entropy, k = max(1, ceil(ratio * n)); NaN when n = 0
     ratio: float  # --high_entropy_token_ratio
+    scope: str  # the high_entropy_mask scope they were ranked in: "step"
 
 
 @dataclass
@@ -79,7 +86,7 @@ def generate(groups, tokenizer, args, rows: list[dict], seed: int, n: int | None
     if groups.vllm is not None:
         if args.vllm_enable_sleep:
             groups.vllm.wake_up()
-        outs = groups.vllm.generate(prompt_ids, seed, logprobs=True)  # (ids, vLLM's sample log-probs) each
+        outs = groups.vllm.generate(prompt_ids, seed)  # (ids, vLLM's sample log-probs) each
         if args.vllm_enable_sleep:
             groups.vllm.sleep()  # frees the GPU memory of the KV cache for the training stages
     else:
@@ -152,8 +159,9 @@ def forward(groups, rollouts: dict, micro_batch_size: int, top_k: int = 0,
 
 def mark_entropy(entropy: torch.Tensor, action_mask: torch.Tensor, ratio: float) -> EntropyMarks:
     """The step's top-``ratio`` highest-entropy tokens, once: for the step's log line and for the saver."""
-    marks, threshold = high_entropy_mask(entropy, action_mask, ratio, scope="step")
-    return EntropyMarks(marks=marks, threshold=threshold, ratio=ratio)
+    scope = "step"
+    marks, threshold = high_entropy_mask(entropy, action_mask, ratio, scope=scope)
+    return EntropyMarks(marks=marks, threshold=threshold, ratio=ratio, scope=scope)
 
 
 def advantages(args, action_mask: torch.Tensor, rewards: torch.Tensor, fwd: Forward) -> Advantages:
@@ -203,21 +211,18 @@ def probe(groups, tokenizer, reward_fn, args, rows: list[dict], seed: int, top_k
     rollouts = generate(groups, tokenizer, args, rows, seed, n=args.trajectory_probe_samples)
     rewards = score(groups, reward_fn, tokenizer, rollouts, mb)  # (P,)
     fwd = forward(groups, rollouts, mb, top_k=top_k, models=("actor",))
-    return make_experiences(rollouts, mb, info={"reward": rewards}, action_log_probs=fwd.log_probs,
-                            action_entropy=fwd.entropy, rollout_log_probs=rollouts["rollout_log_probs"],
-                            alternative_ids=fwd.alternative_ids, alternative_log_probs=fwd.alternative_log_probs)
+    return make_experiences(rollouts, mb, info={"reward": rewards}, **fwd.experience_fields())
 
 
 def save_trajectories(saver, global_step: int, experiences: list[Experience], marks: EntropyMarks,
                       probes: list[Experience] | None = None) -> dict | None:
     """Hand every response of the step to the saver (so its threshold sees them all), with the probe
-    responses when the step has them. When the saver ranks by the step's own ratio and scope, it is
-    handed the step's marks instead of ranking again."""
+    responses when the step has them. The step's marks go with the rule they were ranked by: a saver
+    that ranks by that rule writes them instead of ranking again."""
     if saver is None:
         return None
-    same_rule = saver.scope == "step" and saver.ratio == marks.ratio and saver.group is None
-    return saver.save_step(global_step, experiences, marks=(marks.marks, marks.threshold) if same_rule else None,
-                           probes=probes)
+    return saver.save_step(global_step, experiences, marks=(marks.marks, marks.threshold),
+                           marks_rule=(marks.ratio, marks.scope), probes=probes)
 
 
 def update(groups, args, experiences: list[Experience], global_step: int) -> dict:
@@ -248,12 +253,14 @@ def sync_weights(groups, args) -> None:
 
 
 def step_metrics(experiences: list[Experience]) -> dict:
-    """Per-step means of the per-sample info (reward, response_length, truncated, kl, ...) and of the
-    advantages' size over every response token."""
+    """Per-step means of the per-sample info (reward, response_length, truncated, kl, ...)."""
     out = {}
     for k in experiences[0].info:
         v = torch.cat([torch.as_tensor(e.info[k], dtype=torch.float32) for e in experiences])
         out[k] = v.mean().item()
-    mask = torch.cat([e.action_mask for e in experiences])  # (B, A)
-    out["advantage_abs"] = masked_mean(torch.cat([e.advantages for e in experiences]).abs(), mask).item()
     return out
+
+
+def advantage_stats(advantages: torch.Tensor, action_mask: torch.Tensor) -> dict:
+    """The advantages' mean size over every response token of the step; both (B, A)."""
+    return {"advantage_abs": masked_mean(advantages.abs(), action_mask).item()}

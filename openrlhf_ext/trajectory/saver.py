@@ -161,16 +161,23 @@ class TrajectorySaver:
     def should_save(self, global_step: int) -> bool:
         return global_step % self.save_every == 0
 
-    def save_step(self, global_step: int, experiences, marks=None, probes=None) -> dict | None:
+    def save_step(self, global_step: int, experiences, marks=None, probes=None, marks_rule=None) -> dict | None:
         """Write step ``global_step``'s files; returns its manifest entry, or None when the step
         is not one to save or writing failed (a warning is logged; raised with ``strict``).
         ``marks``: the step's ``(marks, threshold)`` if the trainer has them already, as
-        ``high_entropy_mask`` gives them at this saver's ratio and scope; None: computed here.
+        ``high_entropy_mask`` gives them; ``marks_rule``: the ``(ratio, scope)`` they were ranked
+        by. They are used when that is this saver's rule and it ranks without a process group, or
+        when no rule is given (they are then taken to be at this saver's ratio and scope); else,
+        and when None, the marks are computed here.
         ``probes``: experiences of the responses to the run's probe prompts at this step (never
         trained on): all of them go to ``probes_step_<N>.json``, marked by this step's threshold
         (scope "response": each response's own), and the manifest line names the file."""
         if not self.should_save(global_step):
             return None
+        if marks_rule is not None:
+            ratio, scope = marks_rule
+            if not (scope == self.scope and ratio == self.ratio and self.group is None):
+                marks = None  # ranked by another rule than this saver's
         try:
             entry = self._save_step(global_step, experiences, marks, probes)
         except FolderInUse:  # another run writes this folder: a configuration error, whatever strict says
