@@ -39,7 +39,7 @@ import torch
 # Shifted logits are clamped here (-87, as token_entropy does) before exp(): e^-87 is still a
 # normal float32, so exp() never makes denormals (~50x slower on x86) and a masked -inf never makes
 # 0 * -inf = NaN.
-from openrlhf_ext.trajectory.entropy import _MIN_SHIFTED_LOGIT
+from openrlhf_ext.trajectory.entropy import _MIN_SHIFTED_LOGIT, _ONE_HOT_ENTROPY_PER_TOKEN
 
 # Float32 bytes of one logits tile (per intra-op thread on CPU), and the narrowest vocabulary slice
 # a tile takes (so that the GEMM stays efficient and the per-tile small ops few). On CPU a thread's
@@ -266,7 +266,7 @@ def _forward(hidden, weight, bias, labels, inv_t, with_entropy, top_k, tile):
     if with_entropy:
         entropy = log_sum - sum_ez / sum_exp  # H = lse - E_p[z], both shifted by the max
         # H >= 0, and what the clamp above adds is at most V * 1.4e-36: below that the row is one-hot.
-        entropy.masked_fill_(entropy < vocab * 1.5e-36, 0.0)
+        entropy.masked_fill_(entropy < vocab * _ONE_HOT_ENTROPY_PER_TOKEN, 0.0)
         # NaN or +inf logits, or only -inf ones: no distribution
         entropy.masked_fill_(~torch.isfinite(row_max) | (row_max == _LOWEST), float("nan"))
     return log_probs, entropy, lse, top_ids, top_z - lse[:, None]

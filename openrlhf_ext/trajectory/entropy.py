@@ -16,6 +16,9 @@ import torch
 _CPU_CHUNK_BYTES = 2 << 20
 _CUDA_CHUNK_BYTES = 256 << 20
 _MIN_SHIFTED_LOGIT = -87.0
+# What the clamp at _MIN_SHIFTED_LOGIT adds to an entropy, per vocabulary entry, at most (an entry at
+# -87 contributes -e^-87 * -87 = 1.4e-36): an entropy below vocab * this is a one-hot row's, exactly 0.
+_ONE_HOT_ENTROPY_PER_TOKEN = 1.5e-36
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
@@ -109,5 +112,5 @@ def _entropy_chunked(logits: torch.Tensor, temperature: float, chunk_size: int |
     out.masked_fill_(~torch.isfinite(row_max.squeeze(-1)), float("nan"))
     # H >= 0; what the clamp above adds is at most V * 1.4e-36 (an entry at -87 contributes
     # -e^-87 * -87): below that the distribution is one-hot, so report exactly 0, not 1e-31.
-    out.masked_fill_(out < vocab * 1.5e-36, 0.0)
+    out.masked_fill_(out < vocab * _ONE_HOT_ENTROPY_PER_TOKEN, 0.0)
     return out.reshape(lead_shape)
