@@ -38,6 +38,7 @@ import torch
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from openrlhf_ext.trajectory import TrajectorySaver
+from openrlhf_ext.utils.tensors import masked_mean
 
 from .common import ray_actor_class, saver_args
 
@@ -89,8 +90,7 @@ def verl_experience(batch, entropys: torch.Tensor | None) -> SimpleNamespace:
     def per_sample_mean(key):  # (B,) mean over the sampled tokens
         if key not in t.keys():
             return None
-        m = sampled.float()
-        return (t[key].detach().float().cpu() * m).sum(-1) / m.sum(-1).clamp(min=1)
+        return masked_mean(t[key].detach().float().cpu(), sampled, dim=-1)
 
     info = {k: v.tolist() for k, v in extra.items() if k != "uid" and _scalars(v)}  # python scalars
     if "token_level_scores" in t.keys():  # the reward, before any KL penalty

@@ -32,6 +32,8 @@ from types import SimpleNamespace
 
 import torch
 
+from openrlhf_ext.utils.tensors import masked_mean
+
 LAYOUTS = ("auto", "response", "shifted")
 
 # Per-token fields, laid out like action_mask in both layouts.
@@ -140,12 +142,14 @@ def shifted_to_response(exp, index: int = 0) -> SimpleNamespace:
         full[~action] = float("nan")
         return _pack(full, in_resp, A, fill=float("nan"))[0]
 
-    def per_sample_mean(name):  # (B, S - 1) -> (B,) mean over the sampled tokens
+    def per_sample_mean(name):  # (B, S - 1) -> (B,) mean over the sampled tokens; (B,) as it is
         values = getattr(exp, name, None)
         if values is None:
             return None
-        m = exp.action_mask.detach().cpu().float()  # (B, S - 1)
-        return (values.detach().float().cpu() * m).sum(-1) / m.sum(-1).clamp(min=1)
+        values = values.detach().float().cpu()
+        if values.dim() == 1:  # already per sample
+            return values
+        return masked_mean(values, exp.action_mask.detach().cpu(), dim=-1)
 
     info = dict(getattr(exp, "info", None) or {})
     for attr, key in EPISODE_INFO.items():
