@@ -131,12 +131,11 @@ def shifted_to_response(exp, index: int = 0) -> SimpleNamespace:
     A = int(in_resp.sum(1).max()) if B else 0  # widest response
     prompt_ids, prompt_real = _pack(seqs, in_prompt, P, fill=0, left=True)  # (B, P) left-padded
     resp_ids, resp_real = _pack(seqs, in_resp, A, fill=0)  # (B, A) right-padded
-    resp_action, _ = _pack(action, in_resp, A, fill=False)  # (B, A) true on sampled response tokens
 
-    def per_token(name):  # (B, S - 1) -> (B, A), NaN where no token was sampled
+    def per_token(name):  # (B, S - 1) -> (B, A), NaN where no token was sampled (everywhere when missing)
         values = getattr(exp, name, None)
         if values is None:
-            return None
+            return torch.full((B, A), float("nan"))
         full = torch.full((B, S), float("nan"))  # (B, S) value of the token at each sequence column
         full[:, 1:] = values.detach().float().cpu()
         full[~action] = float("nan")
@@ -159,11 +158,10 @@ def shifted_to_response(exp, index: int = 0) -> SimpleNamespace:
         sequences=torch.cat([prompt_ids, resp_ids], 1),  # (B, P + A)
         attention_mask=torch.cat([prompt_real, resp_real], 1),  # (B, P + A)
         action_mask=resp_real,  # (B, A) every real response token: texts stay whole
-        action_entropy=_nan_outside(per_token("action_entropy"), resp_action, B, A),  # (B, A)
-        action_log_probs=_nan_outside(per_token("action_log_probs"), resp_action, B, A),  # (B, A)
+        action_entropy=per_token("action_entropy"),  # (B, A)
+        action_log_probs=per_token("action_log_probs"),  # (B, A)
         # (B, A) the rollout engine's log-probs (upstream's --enable_vllm_is_correction), when it kept them
-        rollout_log_probs=None if getattr(exp, "rollout_log_probs", None) is None
-        else _nan_outside(per_token("rollout_log_probs"), resp_action, B, A),
+        rollout_log_probs=None if getattr(exp, "rollout_log_probs", None) is None else per_token("rollout_log_probs"),
         advantages=per_sample_mean("advantages"),  # (B,)
         returns=per_sample_mean("returns"),  # (B,)
         info=info,
@@ -171,13 +169,6 @@ def shifted_to_response(exp, index: int = 0) -> SimpleNamespace:
         labels=getattr(exp, "labels", None) or None,
         prompts=getattr(exp, "prompts", None) or None,
     )
-
-
-def _nan_outside(values, sampled: torch.Tensor, B: int, A: int) -> torch.Tensor:
-    """(B, A) values, NaN on response tokens that were not sampled (or everywhere when unknown)."""
-    if values is None:
-        return torch.full((B, A), float("nan"))
-    return values.masked_fill(~sampled, float("nan"))
 
 
 def _pack(x: torch.Tensor, keep: torch.Tensor, width: int, fill, left: bool = False):
