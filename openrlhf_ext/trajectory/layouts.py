@@ -137,8 +137,7 @@ def shifted_to_response(exp, index: int = 0) -> SimpleNamespace:
         if values is None:
             return torch.full((B, A), float("nan"))
         full = torch.full((B, S), float("nan"))  # (B, S) value of the token at each sequence column
-        full[:, 1:] = values.detach().float().cpu()
-        full[~action] = float("nan")
+        full[:, 1:] = nan_unless_sampled(values, exp.action_mask)
         return _pack(full, in_resp, A, fill=float("nan"))[0]
 
     def per_sample_mean(name):  # (B, S - 1) -> (B,) mean over the sampled tokens; (B,) as it is
@@ -169,6 +168,21 @@ def shifted_to_response(exp, index: int = 0) -> SimpleNamespace:
         labels=getattr(exp, "labels", None) or None,
         prompts=getattr(exp, "prompts", None) or None,
     )
+
+
+def nan_unless_sampled(values, sampled: torch.Tensor):
+    """Per-token ``values`` as the saver keeps them: detached, float32, on the CPU, NaN wherever
+    ``sampled`` (same shape, true on the tokens the rollout sampled) is false. None stays None.
+
+    Example:
+        >>> nan_unless_sampled(torch.tensor([[1, 2, 3]], dtype=torch.bfloat16), torch.tensor([[1, 0, 1]]))
+        tensor([[1., nan, 3.]])
+        >>> nan_unless_sampled(None, torch.tensor([[True]])) is None
+        True
+    """
+    if values is None:
+        return None
+    return values.detach().float().cpu().masked_fill(~sampled.detach().cpu().bool(), float("nan"))
 
 
 def _pack(x: torch.Tensor, keep: torch.Tensor, width: int, fill, left: bool = False):
