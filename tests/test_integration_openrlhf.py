@@ -270,3 +270,38 @@ def test_steps_that_are_not_saved_do_no_entropy_work(tmp_path, monkeypatch):
         records = load_trajectories(out / f"trajectories_step_{step}.json")
         assert len(records) == 4
         assert all(t["entropy_score"] is not None for r in records for t in r["pure_generated_tokens"])
+
+
+def test_the_rollout_engines_log_probs_reach_the_files(tmp_path):
+    """Upstream keeps vLLM's log-probs in ``Experience.rollout_log_probs`` ((B, S - 1), like
+    action_mask) when it is asked to (``--enable_vllm_is_correction`` and the like): each token gets
+    its ``rollout_logprob`` and the manifest the step's ``logprob_mismatch``. Without them (None,
+    upstream's default) neither is written."""
+    from openrlhf_ext.models.embedded import embedded_model_path
+
+    model, tok = rollouts.load_embedded()
+    actor = type("Actor", (TrajectoryActorMixin, CPUPolicyActor), {"trajectory_flags": FLAGS})()
+    actor.init_model_from_pretrained(types.SimpleNamespace(args=upstream_args(tmp_path)), embedded_model_path())
+    ro = rollouts.sample(model, tok, n_prompts=2, n_samples=2, temperature=TEMPERATURE, seed=31)
+    for step in (1, 2):
+        (exp,) = rollouts.upstream_experiences(ro, micro=4, Experience=Experience)
+        del exp.action_entropy
+        # the engine's log-probs: the sampler's, 0.25 off on every action token (0 elsewhere, as upstream pads)
+        exp.rollout_log_probs = (exp.action_log_probs - 0.25) * exp.action_mask if step == 1 else None
+        exp.action_log_probs = actor.forward(exp.sequences, exp.action_mask, exp.attention_mask)
+        actor.append(exp)
+        actor.fit()
+    out = tmp_path / "trajectories"
+    with_rollout, without = read_manifest(out / "manifest.jsonl")
+    assert with_rollout["logprob_mismatch"]["max_abs"] == pytest.approx(0.25, abs=1e-3)
+    assert with_rollout["logprob_mismatch"]["mean_abs"] == pytest.approx(0.25, abs=1e-3)
+    assert "logprob_mismatch" not in without
+    expected = {tuple(p + r): lp for p, r, lp in zip(ro.prompt_ids, ro.response_ids, ro.log_probs)}
+    records = load_trajectories(out / "trajectories_step_1.json")
+    assert len(records) == 4
+    for rec in records:
+        toks = rec["pure_generated_tokens"]
+        want = [x - 0.25 for x in expected[tuple(t["id"] for t in rec["generated_tokens"])].tolist()]
+        assert [t["rollout_logprob"] for t in toks] == pytest.approx(want, abs=1e-5)
+    assert not any("rollout_logprob" in t for r in load_trajectories(out / "trajectories_step_2.json")
+                   for t in r["pure_generated_tokens"])

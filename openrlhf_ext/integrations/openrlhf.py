@@ -192,8 +192,8 @@ class TrajectoryActorMixin:
     # -- saving -------------------------------------------------------------------------------
     def _saved_fields(self, exp):
         """What the saver reads of an upstream experience, on the CPU (what is gathered on rank 0)."""
-        fields = ("sequences", "attention_mask", "action_mask", "action_log_probs", "advantages", "returns",
-                  "rewards", "total_length", "truncated")
+        fields = ("sequences", "attention_mask", "action_mask", "action_log_probs", "rollout_log_probs", "advantages",
+                  "returns", "rewards", "total_length", "truncated")  # rollout_log_probs: None unless vLLM kept them
         kept = {k: _cpu(getattr(exp, k, None)) for k in fields}
         kept["info"] = {k: _cpu(v) for k, v in (getattr(exp, "info", None) or {}).items()}
         kept["prompts"], kept["labels"] = getattr(exp, "prompts", None), getattr(exp, "labels", None)
