@@ -214,7 +214,6 @@ def test_a_resumed_run_continues_the_step_numbers_and_redoes_the_later_steps(tmp
 def test_entropies_of_one_model_call_land_on_their_rows(packed):
     """A padded call gives (B, S) entropies, a packed one (--packing_samples) (1, T) with the rows'
     real tokens one after the other; either way token j + 1 gets the entropy at position j."""
-    nan = float("nan")
     actor = object.__new__(type("Actor", (TrajectoryActorMixin, CPUPolicyActor), {}))
     actor._trajectory_entropies, actor._trajectory_entropy_ok = {}, True
     seqs = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])  # right-padded, as upstream's

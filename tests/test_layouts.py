@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openrlhf_ext.trajectory import ExperienceLayoutError, TrajectorySaver, load_trajectories
-from openrlhf_ext.trajectory.files import read_manifest
 from openrlhf_ext.trajectory.layouts import detect_layout, shifted_to_response
 from tests import rollouts
 
