@@ -214,7 +214,6 @@ def test_a_resumed_run_continues_the_step_numbers_and_redoes_the_later_steps(tmp
 def test_entropies_of_one_model_call_land_on_their_rows(packed):
     """A padded call gives (B, S) entropies, a packed one (--packing_samples) (1, T) with the rows'
     real tokens one after the other; either way token j + 1 gets the entropy at position j."""
-    nan = float("nan")
     actor = object.__new__(type("Actor", (TrajectoryActorMixin, CPUPolicyActor), {}))
     actor._trajectory_entropies, actor._trajectory_entropy_ok = {}, True
     seqs = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])  # right-padded, as upstream's
@@ -228,3 +227,80 @@ def test_entropies_of_one_model_call_land_on_their_rows(packed):
     got = actor._entropy_of(exp)  # (B, S - 1)
     assert torch.equal(got.isnan(), torch.tensor([[False, False, True], [False, True, True]]))
     assert got[~got.isnan()].tolist() == pytest.approx([0.1, 0.2, 0.4])
+
+
+def test_steps_that_are_not_saved_do_no_entropy_work(tmp_path, monkeypatch):
+    """trajectory_save_steps=2 over four steps: files for steps 2 and 4 only, and on steps 1 and 3
+    neither the controller's forward nor append computes an entropy. On a saved step the entropy is
+    taken once in the controller's forward (before the step opens) and once in the extra pass for
+    the rows whose forward ran elsewhere (inside the open step)."""
+    import openrlhf_ext.integrations.openrlhf as integration
+    from openrlhf_ext.models.embedded import embedded_model_path
+
+    model, tok = rollouts.load_embedded()
+    flags = dict(FLAGS, trajectory_save_steps=2)
+    actor = type("Actor", (TrajectoryActorMixin, CPUPolicyActor), {"trajectory_flags": flags})()
+    actor.init_model_from_pretrained(types.SimpleNamespace(args=upstream_args(tmp_path)), embedded_model_path())
+    calls = []  # (step being made, whether it was open) per entropy computed
+
+    def counted(logits, temperature):
+        calls.append((actor._trajectory_step + (0 if actor._trajectory_open else 1), actor._trajectory_open))
+        return token_entropy(logits, temperature)
+
+    token_entropy = integration.token_entropy
+    monkeypatch.setattr(integration, "token_entropy", counted)
+    for step in (1, 2, 3, 4):
+        ro = rollouts.sample(model, tok, n_prompts=2, n_samples=2, temperature=TEMPERATURE, seed=20 + step)
+        here, elsewhere = rollouts.upstream_experiences(ro, micro=2, Experience=Experience)
+        for e in (here, elsewhere):
+            del e.action_entropy  # the controller never has it
+            e.action_log_probs = CPUPolicyActor.forward(actor, e.sequences, e.action_mask, e.attention_mask)
+        actor.forward(here.sequences, here.action_mask, here.attention_mask)  # this rank's old-log-prob pass
+        actor.append(here)
+        actor.append(elsewhere)  # its forward ran on another rank: the extra pass, when saved
+        actor.fit()
+    assert calls == [(2, False), (2, True), (4, False), (4, True)]
+    assert actor.fits == 4
+    out = tmp_path / "trajectories"
+    assert sorted(p.name for p in out.glob("trajectories_step_*.json")) == ["trajectories_step_2.json",
+                                                                             "trajectories_step_4.json"]
+    assert [m["global_step"] for m in read_manifest(out / "manifest.jsonl")] == [2, 4]
+    for step in (2, 4):
+        records = load_trajectories(out / f"trajectories_step_{step}.json")
+        assert len(records) == 4
+        assert all(t["entropy_score"] is not None for r in records for t in r["pure_generated_tokens"])
+
+
+def test_the_rollout_engines_log_probs_reach_the_files(tmp_path):
+    """Upstream keeps vLLM's log-probs in ``Experience.rollout_log_probs`` ((B, S - 1), like
+    action_mask) when it is asked to (``--enable_vllm_is_correction`` and the like): each token gets
+    its ``rollout_logprob`` and the manifest the step's ``logprob_mismatch``. Without them (None,
+    upstream's default) neither is written."""
+    from openrlhf_ext.models.embedded import embedded_model_path
+
+    model, tok = rollouts.load_embedded()
+    actor = type("Actor", (TrajectoryActorMixin, CPUPolicyActor), {"trajectory_flags": FLAGS})()
+    actor.init_model_from_pretrained(types.SimpleNamespace(args=upstream_args(tmp_path)), embedded_model_path())
+    ro = rollouts.sample(model, tok, n_prompts=2, n_samples=2, temperature=TEMPERATURE, seed=31)
+    for step in (1, 2):
+        (exp,) = rollouts.upstream_experiences(ro, micro=4, Experience=Experience)
+        del exp.action_entropy
+        # the engine's log-probs: the sampler's, 0.25 off on every action token (0 elsewhere, as upstream pads)
+        exp.rollout_log_probs = (exp.action_log_probs - 0.25) * exp.action_mask if step == 1 else None
+        exp.action_log_probs = actor.forward(exp.sequences, exp.action_mask, exp.attention_mask)
+        actor.append(exp)
+        actor.fit()
+    out = tmp_path / "trajectories"
+    with_rollout, without = read_manifest(out / "manifest.jsonl")
+    assert with_rollout["logprob_mismatch"]["max_abs"] == pytest.approx(0.25, abs=1e-3)
+    assert with_rollout["logprob_mismatch"]["mean_abs"] == pytest.approx(0.25, abs=1e-3)
+    assert "logprob_mismatch" not in without
+    expected = {tuple(p + r): lp for p, r, lp in zip(ro.prompt_ids, ro.response_ids, ro.log_probs)}
+    records = load_trajectories(out / "trajectories_step_1.json")
+    assert len(records) == 4
+    for rec in records:
+        toks = rec["pure_generated_tokens"]
+        want = [x - 0.25 for x in expected[tuple(t["id"] for t in rec["generated_tokens"])].tolist()]
+        assert [t["rollout_logprob"] for t in toks] == pytest.approx(want, abs=1e-5)
+    assert not any("rollout_logprob" in t for r in load_trajectories(out / "trajectories_step_2.json")
+                   for t in r["pure_generated_tokens"])

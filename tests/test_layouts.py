@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from openrlhf_ext.trajectory import ExperienceLayoutError, TrajectorySaver, load_trajectories
-from openrlhf_ext.trajectory.files import read_manifest
 from openrlhf_ext.trajectory.layouts import detect_layout, shifted_to_response
 from tests import rollouts
 
@@ -175,3 +174,40 @@ def test_shifted_to_response_puts_every_token_back(rows, extra_pad):
         assert prompt.tolist() == seqs[b, :p].tolist()
         assert response.tolist() == seqs[b, p : p + r].tolist()
         assert out.action_entropy[b][out.action_mask[b]].tolist() == response.float().tolist()
+
+
+@pytest.mark.parametrize("extra_rows", [0, 1])
+def test_per_sample_advantages_pass_through_the_shifted_layout(tmp_path, embedded, ro, extra_rows):
+    """(B,) advantages and returns (accepted beside a (B, S - 1) action_mask) are per sample already:
+    they are kept as they are, not averaged over the tokens. With B == S - 1 they used to broadcast
+    against the mask without an error; with B != S - 1 the conversion failed."""
+    import types
+
+    _, tok = embedded
+    exp = rollouts.upstream_experiences(ro, micro=4, Experience=Experience)[0]
+    B, S = exp.sequences.shape
+    if extra_rows:  # rows of pad only, until B == S - 1: the case that broadcast silently
+        n = S - 1 - B
+        exp = types.SimpleNamespace(
+            sequences=torch.cat([exp.sequences, torch.zeros(n, S, dtype=exp.sequences.dtype)]),
+            attention_mask=torch.cat([exp.attention_mask, torch.zeros(n, S, dtype=exp.attention_mask.dtype)]),
+            action_mask=torch.cat([exp.action_mask, torch.zeros(n, S - 1, dtype=exp.action_mask.dtype)]),
+            action_entropy=torch.cat([exp.action_entropy, torch.zeros(n, S - 1)]), info={})
+        B = S - 1
+    assert B != S - 1 or extra_rows
+    per_sample = torch.arange(B, dtype=torch.float32) - 1.5  # (B,)
+    exp.advantages, exp.returns = per_sample, per_sample * 2
+    from openrlhf_ext.trajectory.layouts import as_response_layout
+
+    converted = as_response_layout(exp)
+    assert converted.advantages.tolist() == per_sample.tolist()
+    assert converted.returns.tolist() == (per_sample * 2).tolist()
+    if not extra_rows:  # and the saver writes them per record
+        exp = rollouts.upstream_experiences(ro, micro=4, Experience=Experience)
+        for e in exp:
+            e.advantages = torch.arange(e.sequences.shape[0], dtype=torch.float32) - 1.5
+            e.returns = e.advantages * 2
+        save(tmp_path, tok, exp, "per_sample")
+        for rec in load_trajectories(tmp_path / "per_sample"):
+            assert rec["advantages"] == rec["sample_in_exp"] - 1.5
+            assert rec["return"] == 2 * (rec["sample_in_exp"] - 1.5)

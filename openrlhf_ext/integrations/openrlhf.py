@@ -123,10 +123,13 @@ class TrajectoryActorMixin:
         if self._trajectory_enabled and not self._trajectory_entropy_ok and self._trajectory_rank == 0:
             logger.warning("openrlhf_ext: ring attention / tensor parallelism: trajectories are saved without entropy")
 
+    def _trajectory_due(self, step: int) -> bool:
+        """Whether step ``step`` is saved (``trajectory_save_steps``: every k-th step)."""
+        return getattr(self, "_trajectory_enabled", False) and step % self._trajectory_every == 0
+
     def _trajectory_keep(self) -> bool:
         """Whether this rank keeps this step's experiences (one rank of each duplicate group)."""
-        return (self._trajectory_enabled and self._trajectory_step % self._trajectory_every == 0
-                and self._trajectory_rank % self._trajectory_duplicates == 0)
+        return self._trajectory_due(self._trajectory_step) and self._trajectory_rank % self._trajectory_duplicates == 0
 
     # -- entropy ------------------------------------------------------------------------------
     def _forward_with_entropy(self, sequences, action_mask, attention_mask, *args, **kwargs):
@@ -135,7 +138,10 @@ class TrajectoryActorMixin:
 
     @contextlib.contextmanager
     def _entropy_hook(self, sequences, attention_mask):
-        if not (getattr(self, "_trajectory_enabled", False) and self._trajectory_entropy_ok):
+        # The controller's old-log-prob forward comes before the step's first append opens it (it
+        # belongs to step + 1); the extra pass of _entropy_of runs inside the open step.
+        step = getattr(self, "_trajectory_step", 0) + (0 if getattr(self, "_trajectory_open", False) else 1)
+        if not (self._trajectory_due(step) and self._trajectory_entropy_ok):  # a step not saved: no entropy work
             yield
             return
         rows = _real_rows(sequences, attention_mask)
@@ -186,8 +192,8 @@ class TrajectoryActorMixin:
     # -- saving -------------------------------------------------------------------------------
     def _saved_fields(self, exp):
         """What the saver reads of an upstream experience, on the CPU (what is gathered on rank 0)."""
-        fields = ("sequences", "attention_mask", "action_mask", "action_log_probs", "advantages", "returns",
-                  "rewards", "total_length", "truncated")
+        fields = ("sequences", "attention_mask", "action_mask", "action_log_probs", "rollout_log_probs", "advantages",
+                  "returns", "rewards", "total_length", "truncated")  # rollout_log_probs: None unless vLLM kept them
         kept = {k: _cpu(getattr(exp, k, None)) for k in fields}
         kept["info"] = {k: _cpu(v) for k, v in (getattr(exp, "info", None) or {}).items()}
         kept["prompts"], kept["labels"] = getattr(exp, "prompts", None), getattr(exp, "labels", None)
@@ -197,7 +203,7 @@ class TrajectoryActorMixin:
     def _trajectory_save(self) -> None:
         pending, step = self._trajectory_pending, self._trajectory_step
         self._trajectory_close()
-        if not (self._trajectory_enabled and step % self._trajectory_every == 0):
+        if not self._trajectory_due(step):
             return
         if self._trajectory_world > 1:
             gathered = [None] * self._trajectory_world if self._trajectory_rank == 0 else None

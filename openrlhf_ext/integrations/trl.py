@@ -46,6 +46,7 @@ import torch
 from transformers import TrainerCallback
 
 from openrlhf_ext.trajectory import TrajectorySaver, token_entropy
+from openrlhf_ext.trajectory.layouts import nan_unless_sampled
 
 from .common import saver_args
 
@@ -362,19 +363,15 @@ class TRLTrajectoryHook(TrainerCallback):
             self.warned = True
             logger.warning("trajectory saver: compute_loss returned no entropies for %d row(s) of step %d; "
                            "they are saved without entropy", int((~rnd.filled).sum()), rnd.step)
-        unsampled = rnd.unsampled.cpu()
-
-        def per_token(x):  # (B, C) float32 on the CPU, NaN where not sampled
-            return None if x is None else x.detach().float().cpu().masked_fill(unsampled, float("nan"))
-
+        sampled = ~rnd.unsampled.cpu()  # (B, C) per-token values are float32 on the CPU, NaN elsewhere
         n = rnd.mask.shape[0]
         first = t.accelerator.process_index * n  # this process's first row in the round's global order
         return SimpleNamespace(
             sequences=torch.cat([rnd.prompt_ids, rnd.completion_ids], 1).cpu(),  # (B, P + C)
             attention_mask=torch.cat([rnd.prompt_mask.bool(), rnd.mask], 1).cpu(),  # (B, P + C)
             action_mask=rnd.mask.cpu(),  # (B, C)
-            action_entropy=per_token(rnd.entropy),  # (B, C) entropy of the sampling distribution
-            action_log_probs=per_token(rnd.logps),  # (B, C) log-prob under the sampling weights, or None
+            action_entropy=nan_unless_sampled(rnd.entropy, sampled),  # (B, C) entropy of the sampling distribution
+            action_log_probs=nan_unless_sampled(rnd.logps, sampled),  # (B, C) log-prob under the sampling weights, or None
             advantages=rnd.advantages.detach().float().cpu(),  # (B,) or (B, C)
             returns=None,  # GRPO has none
             info=self._reward_info(rnd.rewards),

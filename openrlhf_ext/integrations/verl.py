@@ -38,6 +38,8 @@ import torch
 from verl.trainer.ppo.ray_trainer import RayPPOTrainer
 
 from openrlhf_ext.trajectory import TrajectorySaver
+from openrlhf_ext.trajectory.layouts import nan_unless_sampled
+from openrlhf_ext.utils.tensors import masked_mean
 
 from .common import ray_actor_class, saver_args
 
@@ -81,16 +83,10 @@ def verl_experience(batch, entropys: torch.Tensor | None) -> SimpleNamespace:
     real = t["attention_mask"][:, -R:].bool().cpu()  # (B, R) real response tokens
     sampled = t["response_mask"].bool().cpu() if "response_mask" in t.keys() else real  # (B, R)
 
-    def per_token(values):  # (B, R), NaN where no token was sampled
-        if values is None:
-            return None
-        return values.detach().float().cpu().masked_fill(~sampled, float("nan"))
-
     def per_sample_mean(key):  # (B,) mean over the sampled tokens
         if key not in t.keys():
             return None
-        m = sampled.float()
-        return (t[key].detach().float().cpu() * m).sum(-1) / m.sum(-1).clamp(min=1)
+        return masked_mean(t[key].detach().float().cpu(), sampled, dim=-1)
 
     info = {k: v.tolist() for k, v in extra.items() if k != "uid" and _scalars(v)}  # python scalars
     if "token_level_scores" in t.keys():  # the reward, before any KL penalty
@@ -100,8 +96,8 @@ def verl_experience(batch, entropys: torch.Tensor | None) -> SimpleNamespace:
         sequences=t["input_ids"].cpu(),  # (B, P + R)
         attention_mask=t["attention_mask"].cpu(),  # (B, P + R)
         action_mask=real,  # (B, R)
-        action_entropy=per_token(entropys),  # (B, R)
-        action_log_probs=per_token(t["old_log_probs"] if "old_log_probs" in t.keys() else None),  # (B, R)
+        action_entropy=nan_unless_sampled(entropys, sampled),  # (B, R), NaN where no token was sampled
+        action_log_probs=nan_unless_sampled(t["old_log_probs"] if "old_log_probs" in t.keys() else None, sampled),
         advantages=per_sample_mean("advantages"),  # (B,)
         returns=per_sample_mean("returns"),  # (B,)
         info=info,

@@ -32,6 +32,8 @@ from types import SimpleNamespace
 
 import torch
 
+from openrlhf_ext.utils.tensors import masked_mean
+
 LAYOUTS = ("auto", "response", "shifted")
 
 # Per-token fields, laid out like action_mask in both layouts.
@@ -129,23 +131,23 @@ def shifted_to_response(exp, index: int = 0) -> SimpleNamespace:
     A = int(in_resp.sum(1).max()) if B else 0  # widest response
     prompt_ids, prompt_real = _pack(seqs, in_prompt, P, fill=0, left=True)  # (B, P) left-padded
     resp_ids, resp_real = _pack(seqs, in_resp, A, fill=0)  # (B, A) right-padded
-    resp_action, _ = _pack(action, in_resp, A, fill=False)  # (B, A) true on sampled response tokens
 
-    def per_token(name):  # (B, S - 1) -> (B, A), NaN where no token was sampled
+    def per_token(name):  # (B, S - 1) -> (B, A), NaN where no token was sampled (everywhere when missing)
         values = getattr(exp, name, None)
         if values is None:
-            return None
+            return torch.full((B, A), float("nan"))
         full = torch.full((B, S), float("nan"))  # (B, S) value of the token at each sequence column
-        full[:, 1:] = values.detach().float().cpu()
-        full[~action] = float("nan")
+        full[:, 1:] = nan_unless_sampled(values, exp.action_mask)
         return _pack(full, in_resp, A, fill=float("nan"))[0]
 
-    def per_sample_mean(name):  # (B, S - 1) -> (B,) mean over the sampled tokens
+    def per_sample_mean(name):  # (B, S - 1) -> (B,) mean over the sampled tokens; (B,) as it is
         values = getattr(exp, name, None)
         if values is None:
             return None
-        m = exp.action_mask.detach().cpu().float()  # (B, S - 1)
-        return (values.detach().float().cpu() * m).sum(-1) / m.sum(-1).clamp(min=1)
+        values = values.detach().float().cpu()
+        if values.dim() == 1:  # already per sample
+            return values
+        return masked_mean(values, exp.action_mask.detach().cpu(), dim=-1)
 
     info = dict(getattr(exp, "info", None) or {})
     for attr, key in EPISODE_INFO.items():
@@ -155,11 +157,10 @@ def shifted_to_response(exp, index: int = 0) -> SimpleNamespace:
         sequences=torch.cat([prompt_ids, resp_ids], 1),  # (B, P + A)
         attention_mask=torch.cat([prompt_real, resp_real], 1),  # (B, P + A)
         action_mask=resp_real,  # (B, A) every real response token: texts stay whole
-        action_entropy=_nan_outside(per_token("action_entropy"), resp_action, B, A),  # (B, A)
-        action_log_probs=_nan_outside(per_token("action_log_probs"), resp_action, B, A),  # (B, A)
+        action_entropy=per_token("action_entropy"),  # (B, A)
+        action_log_probs=per_token("action_log_probs"),  # (B, A)
         # (B, A) the rollout engine's log-probs (upstream's --enable_vllm_is_correction), when it kept them
-        rollout_log_probs=None if getattr(exp, "rollout_log_probs", None) is None
-        else _nan_outside(per_token("rollout_log_probs"), resp_action, B, A),
+        rollout_log_probs=None if getattr(exp, "rollout_log_probs", None) is None else per_token("rollout_log_probs"),
         advantages=per_sample_mean("advantages"),  # (B,)
         returns=per_sample_mean("returns"),  # (B,)
         info=info,
@@ -169,11 +170,19 @@ def shifted_to_response(exp, index: int = 0) -> SimpleNamespace:
     )
 
 
-def _nan_outside(values, sampled: torch.Tensor, B: int, A: int) -> torch.Tensor:
-    """(B, A) values, NaN on response tokens that were not sampled (or everywhere when unknown)."""
+def nan_unless_sampled(values, sampled: torch.Tensor):
+    """Per-token ``values`` as the saver keeps them: detached, float32, on the CPU, NaN wherever
+    ``sampled`` (same shape, true on the tokens the rollout sampled) is false. None stays None.
+
+    Example:
+        >>> nan_unless_sampled(torch.tensor([[1, 2, 3]], dtype=torch.bfloat16), torch.tensor([[1, 0, 1]]))
+        tensor([[1., nan, 3.]])
+        >>> nan_unless_sampled(None, torch.tensor([[True]])) is None
+        True
+    """
     if values is None:
-        return torch.full((B, A), float("nan"))
-    return values.masked_fill(~sampled, float("nan"))
+        return None
+    return values.detach().float().cpu().masked_fill(~sampled.detach().cpu().bool(), float("nan"))
 
 
 def _pack(x: torch.Tensor, keep: torch.Tensor, width: int, fill, left: bool = False):
