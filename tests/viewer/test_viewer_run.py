@@ -240,3 +240,24 @@ def test_a_report_carries_alternatives_mismatch_and_probes(page, tmp_path):
     assert page.eval_on_selector_all(".px-step", "ss => ss.map(s => s.dataset.step)") == ["1", "3"]
     assert "A report" in page.inner_text("#live")
     assert page.errors == []
+
+
+def test_a_filter_or_mode_change_recolours_the_prompt_views_cards(viewer, tmp_path):
+    run, _ = probe_run(tmp_path)
+    viewer.load(run, selector="#dir-input")
+    viewer.click("[data-page=prompt]")
+    viewer.locator(".px-step .card .tok").first.wait_for()
+    toks = ".px-step .card .tok"
+    count = lambda js: viewer.eval_on_selector_all(toks, f"ts => ts.filter(t => {js}).length")
+    n = viewer.locator(toks).count()
+    viewer.evaluate("() => { document.querySelector('.px-step .card').__kept = true; }")
+    assert count("t.classList.contains('dim')") == 0
+    viewer.fill("#emin", "1000")                           # above every entropy: every token dimmed
+    assert count("t.classList.contains('dim')") == n
+    viewer.fill("#emin", "")
+    assert count("t.classList.contains('dim')") == 0
+    assert 0 < count("t.hasAttribute('style')") < n         # marks: only the marked tokens
+    viewer.click("[data-mode=heatmap]")
+    assert count("t.hasAttribute('style')") == n            # every token has an entropy
+    # Recoloured, not rebuilt.
+    assert viewer.evaluate("() => document.querySelector('.px-step .card').__kept === true")
