@@ -240,3 +240,41 @@ def test_a_report_carries_alternatives_mismatch_and_probes(page, tmp_path):
     assert page.eval_on_selector_all(".px-step", "ss => ss.map(s => s.dataset.step)") == ["1", "3"]
     assert "A report" in page.inner_text("#live")
     assert page.errors == []
+
+
+def test_a_filter_or_mode_change_recolours_the_prompt_views_cards(viewer, tmp_path):
+    run, _ = probe_run(tmp_path)
+    viewer.load(run, selector="#dir-input")
+    viewer.click("[data-page=prompt]")
+    viewer.locator(".px-step .card .tok").first.wait_for()
+    toks = ".px-step .card .tok"
+    count = lambda js: viewer.eval_on_selector_all(toks, f"ts => ts.filter(t => {js}).length")
+    n = viewer.locator(toks).count()
+    viewer.evaluate("() => { document.querySelector('.px-step .card').__kept = true; }")
+    assert count("t.classList.contains('dim')") == 0
+    viewer.fill("#emin", "1000")                           # above every entropy: every token dimmed
+    assert count("t.classList.contains('dim')") == n
+    viewer.fill("#emin", "")
+    assert count("t.classList.contains('dim')") == 0
+    assert 0 < count("t.hasAttribute('style')") < n         # marks: only the marked tokens
+    viewer.click("[data-mode=heatmap]")
+    assert count("t.hasAttribute('style')") == n            # every token has an entropy
+    # Recoloured, not rebuilt.
+    assert viewer.evaluate("() => document.querySelector('.px-step .card').__kept === true")
+
+
+def test_a_step_file_that_fails_after_its_first_record_was_shown_leaves_no_figures(viewer, tmp_path):
+    big = [make_record(4, i, ["Q"], [(f" w{j}", (j % 50) / 20, -0.1) for j in range(3000)]) for i in range(16)]
+    mark_step(big)
+    run = write_run(tmp_path / "trajectories", {1: math_step(1), 4: big})
+    path = run / "trajectories_step_4.json"
+    path.write_text(path.read_text()[:-200])               # cut off in its last record
+    assert path.stat().st_size > 4_000_000                 # read progressively: its first record is shown at once
+    viewer.load(run, selector="#dir-input")
+    share = "#charts svg >> nth=2"                         # the high-entropy share: from the files only
+    assert viewer.eval_on_selector(share, "s => s.querySelectorAll('circle').length") == 1
+    viewer.keyboard.press("n")
+    viewer.wait_loaded(timeout_s=60)
+    assert "looks truncated" in viewer.inner_text("#problems")
+    assert viewer.evaluate("window.__viewer.state.seen.has(4)") is False
+    assert viewer.eval_on_selector(share, "s => s.querySelectorAll('circle').length") == 1

@@ -195,3 +195,13 @@ def test_without_a_manifest_the_mismatch_chart_is_computed_from_the_files(viewer
     viewer.keyboard.press("n")
     assert "0.1" in viewer.inner_text("#charts")
     assert viewer.locator("#fork-run tbody tr").count() > 0   # fork words of the read steps
+
+
+def test_alternatives_are_shown_most_probable_first_ties_in_the_files_order(viewer, tmp_path):
+    rec = make_record(2, 0, ["Q"], [(" x", 2.0, -1.0)])
+    with_v2(rec, alternatives={0: [(1, " c", -2.0), (2, " a", -0.5), (3, " b1", -1.0), (4, " b2", -1.0)]})
+    mark_step([rec], 0.5)
+    viewer.load(write_json(tmp_path / "trajectories_step_2.json", [rec]))
+    viewer.hover(".pane .resp-block .tok >> nth=0")
+    assert [t for t, _, _ in tip_alts(viewer)] == ["·a", "·b1", "·b2", "·c"]
+    assert viewer.inner_text("#top-high tbody tr td.alts").split("  ")[0].startswith("·a")
