@@ -6,11 +6,12 @@ also the ones inside functions, counts.
 - The trajectory saver core and its format (`trajectory/`, `trajectory/format/`) import nothing of
   the trainer side nor of the offline tools (`trajectory/tools/`): people who train with other
   frameworks use the saver alone.
-- No module over 450 lines.
+- No module over 450 lines, and no function of the viewer over 60.
 """
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "openrlhf_ext"
@@ -32,6 +33,8 @@ TRAINER_SIDE = ("algo", "models", "rollout", "ray", "trainer", "cli", "datasets"
 # belong with them, wherever the tools' own modules live (trajectory/ before the split, tools/ after).
 TRAJECTORY_ENTRY_POINTS = ("__main__", "cli")
 MAX_LINES = 450
+VIEWER = PACKAGE.parent / "viewer" / "render_trajectories.html"
+MAX_VIEWER_FUNCTION_LINES = 60
 
 
 def module_name(path: Path) -> str:
@@ -147,3 +150,26 @@ def test_no_module_over_450_lines():
     assert len(lengths) > 40  # the whole package was read
     long = [f"{name}: {n} lines" for name, n in sorted(lengths.items()) if n > MAX_LINES]
     assert not long, f"modules over {MAX_LINES} lines (do they hold two ideas?):\n" + "\n".join(long)
+
+
+def viewer_functions() -> dict[str, int]:
+    """Lines of each top-level function of the viewer's script. The file's style: a function starts
+    at column 0 (``function name(`` or ``async function name(``) and a function of several lines
+    ends with a ``}`` alone at column 0; one of a single line balances its braces on it."""
+    lengths, start = {}, None
+    for i, line in enumerate(VIEWER.read_text(encoding="utf-8").splitlines()):
+        match = re.match(r"(?:async\s+)?function\*?\s+(\w+)", line)
+        if match:
+            name, start = match.group(1), i
+            if line.count("{") and line.count("{") == line.count("}"):
+                lengths[name], start = 1, None
+        elif start is not None and line == "}":
+            lengths[name], start = i - start + 1, None
+    return lengths
+
+
+def test_no_viewer_function_over_60_lines():
+    lengths = viewer_functions()
+    assert len(lengths) > 150  # the whole script was read
+    long = [f"{name}: {n} lines" for name, n in sorted(lengths.items()) if n > MAX_VIEWER_FUNCTION_LINES]
+    assert not long, f"viewer functions over {MAX_VIEWER_FUNCTION_LINES} lines (pure render functions, one job each):\n" + "\n".join(long)
