@@ -4,7 +4,7 @@
     python benchmarks/bench_trl_saver.py --steps 24 --repeats 3 --trace
 
 Trains TRL's GRPOTrainer on the embedded model with the embedded job's sizes (64 prompts x 8
-samples, 8 new tokens, HF generate, CPU), without and with ``save_trajectories`` (16 records per
+samples, the embedded job's new-token budget, HF generate, CPU), without and with ``save_trajectories`` (16 records per
 step, high-entropy marks), alternating in one process. Two TRL layouts, since the drop-in gets its
 entropies from a different place in each:
 - ``loss``: one generation round per optimizer step (128 responses): entropies kept from compute_loss;
